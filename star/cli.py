@@ -13,6 +13,15 @@ import sys
 # (command path, module, one-line help). A two-word path ("shapes render") makes a nested subcommand.
 COMMANDS: list[tuple[str, str, str]] = [
     ("shapes render", "star.shapes.cli_render", "render a ShapeWorld scene (demo, JSON spec or random) to PNG"),
+    ("generate", "star.commands.generate", "generate an image from a text prompt"),
+    ("edit", "star.commands.edit", "edit an image following a text instruction"),
+    ("understand", "star.commands.understand", "answer a question about an image (the frozen base)"),
+    ("convert-upstream", "star.commands.convert_upstream", "convert the upstream STAR release into a STAR folder"),
+    ("shapes prompts", "star.shapes.cli_prompts", "print or write a ShapeWorld benchmark prompt set (JSONL)"),
+    ("shapes dataset", "star.shapes.cli_data", "write a ShapeWorld training dataset (star-records format)"),
+    ("train stage", "star.training.cli", "train a stage (--stage NAME; one process or under torchrun)"),
+    ("train vq", "star.vq_train", "train the image tokenizer (VQ) on ShapeWorld or an image folder"),
+    ("eval vq", "star.vq_eval", "tokenizer metrics: PSNR, SSIM, codebook usage/perplexity, ShapeWorld round trip"),
 ]
 
 

@@ -1,0 +1,127 @@
+"""`star shapes dataset`: write a ShapeWorld training dataset in the star-records format (docs/data_format.md).
+
+Everything is the train split: held-out colour-class pairs and relations (star.shapes.sample) never appear.
+Kinds: t2i (GenEval-style prompt + reference scene, plus some random scenes with a true prompt or caption), edit
+(the nine ImgEdit types in ImgEdit's proportions), vqa (ShapeVQA questions), caption (canonical captions and
+paraphrases), text_qa (the ShapeWISE facts as text questions). `--kind all` writes --n records of each kind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from star.data.records import KINDS, RecordWriter
+from star.shapes import vocab
+from star.shapes.edits import random_edit, render_target, type_counts
+from star.shapes.render import render
+from star.shapes.sample import geneval_reference_scene, random_scene
+from star.shapes.text import (
+    caption, metadata_for_scene, paraphrases, random_geneval_metadata, vqa_questions, wise_fact_qa,
+)
+
+BACKGROUND_P = 0.25  # caption/vqa scenes: probability of a non-default background
+
+
+def _background(rng: np.random.Generator) -> str:
+    if rng.random() < BACKGROUND_P:
+        names = list(vocab.BACKGROUNDS)
+        return names[int(rng.integers(len(names)))]
+    return vocab.DEFAULT_BACKGROUND
+
+
+def generate_records(kind: str, n: int, rng: np.random.Generator, *, aligned: bool = True,
+                     resolution: int = vocab.DEFAULT_RESOLUTION, caption_frac: float = 0.1) -> Iterator[dict]:
+    """n train-split records of `kind`, images as PIL (RecordWriter.add stores them)."""
+    if kind == "t2i":
+        for _ in range(n):
+            if rng.random() < caption_frac:
+                scene = random_scene(rng, aligned=aligned)
+                meta = metadata_for_scene(scene, rng)
+                text, tag = (meta["prompt"], meta["tag"]) if meta else (caption(scene), "caption")
+            else:
+                meta = random_geneval_metadata(rng, split="train")
+                scene = geneval_reference_scene(meta, rng, aligned=aligned, split="train")
+                text, tag = meta["prompt"], meta["tag"]
+            yield {"kind": "t2i", "image": render(scene, resolution), "text": text,
+                   "meta": {"tag": tag, "scene": scene.to_dict()}}
+    elif kind == "edit":
+        types = [t for t, c in type_counts(n).items() for _ in range(c)]
+        for i in rng.permutation(len(types)):
+            item = random_edit(rng, types[i], aligned=aligned, split="train")
+            yield {"kind": "edit", "source": render(item.source, resolution), "target": render_target(item, resolution),
+                   "text": item.instruction, "edit_type": item.edit_type,
+                   "meta": {"source_scene": item.source.to_dict(), "target_scene": item.target.to_dict(),
+                            "details": item.details}}
+    elif kind == "vqa":
+        made = 0
+        while made < n:
+            scene = random_scene(rng, aligned=aligned, background=_background(rng))
+            image = render(scene, resolution)
+            for q in vqa_questions(scene, rng, split="train"):
+                if made == n:
+                    break
+                made += 1
+                yield {"kind": "vqa", "image": image, "question": q["question"], "answer": q["answer"],
+                       "meta": {"family": q["family"], "scene": scene.to_dict()}}
+    elif kind == "caption":
+        for _ in range(n):
+            scene = random_scene(rng, aligned=aligned, background=_background(rng))
+            canonical = caption(scene)
+            options = paraphrases(scene, rng)
+            text = canonical if not options or rng.random() < 0.5 else options[0]
+            yield {"kind": "caption", "image": render(scene, resolution), "text": text,
+                   "meta": {"canonical": canonical, "scene": scene.to_dict()}}
+    elif kind == "text_qa":
+        facts = wise_fact_qa()
+        made = 0
+        while made < n:
+            for i in rng.permutation(len(facts)):
+                if made == n:
+                    break
+                made += 1
+                yield {"kind": "text_qa", "question": facts[i]["question"], "answer": facts[i]["answer"],
+                       "meta": {"category": facts[i]["category"]}}
+    else:
+        raise ValueError(f"kind must be one of {tuple(KINDS)} or 'all', got {kind!r}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", "-o", required=True, help="dataset folder to write")
+    parser.add_argument("--kind", default="all", choices=(*KINDS, "all"), help="record kind (default all)")
+    parser.add_argument("--n", type=int, default=1000, help="records per kind (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    parser.add_argument("--resolution", "-r", type=int, default=vocab.DEFAULT_RESOLUTION,
+                        help=f"image side in pixels (default {vocab.DEFAULT_RESOLUTION})")
+    parser.add_argument("--unaligned", action="store_true", help="continuous placement instead of the grid")
+    parser.add_argument("--caption-frac", type=float, default=0.1,
+                        help="t2i: share of random scenes with a true prompt or caption (default 0.1)")
+    parser.add_argument("--shard-size", type=int, default=10_000, help="records per JSONL shard (default 10000)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.n < 0:
+        raise ValueError(f"--n must be >= 0, got {args.n}")
+    if not 0.0 <= args.caption_frac <= 1.0:
+        raise ValueError(f"--caption-frac must be in [0, 1], got {args.caption_frac}")
+    kinds = list(KINDS) if args.kind == "all" else [args.kind]
+    meta = {"world": "shapeworld", "vocab": vocab.VOCAB_VERSION, "split": "train", "seed": args.seed,
+            "resolution": args.resolution, "aligned": not args.unaligned, "kinds": kinds, "n_per_kind": args.n}
+    start = time.time()
+    try:
+        writer = RecordWriter(args.out, shard_size=args.shard_size, meta=meta, overwrite=args.overwrite)
+    except FileExistsError as exc:  # a user error: one line, no traceback
+        raise ValueError(str(exc)) from exc
+    with writer:
+        for kind in kinds:
+            rng = np.random.default_rng([args.seed, list(KINDS).index(kind)])  # kinds independent of each other
+            for record in generate_records(kind, args.n, rng, aligned=not args.unaligned,
+                                           resolution=args.resolution, caption_frac=args.caption_frac):
+                writer.add(record)
+    counts = ", ".join(f"{k} {v}" for k, v in writer.counts.items())
+    print(f"wrote {args.out}: {counts}; {len(writer._images)} images; {time.time() - start:.1f}s")
+    return 0
