@@ -1,0 +1,318 @@
+"""The generic trainer on the toy stage (frozen MLP between a trainable adapter and head, synthetic data).
+
+Invariants: a step moves exactly the trainable parameters; frozen weights are fingerprinted and checked; a run killed
+with SIGKILL and resumed reproduces the uninterrupted losses; two torchrun processes (gloo, FSDP2) reproduce one
+process; accumulation, the schedule and the non-finite guard behave as documented; the run leaves its log and plot.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from star.training import checkpointing
+from star.training.config import OptimConfig, TrainConfig, apply_overrides
+from star.training.optim import lr_at, param_groups
+from star.training.runlog import read_log
+from star.training.toy import ToyStage
+from star.training.trainer import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matmuls on a shared 2-core machine run ~100x faster on one thread than on two contended ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def toy_config(out: Path, **overrides) -> TrainConfig:
+    """The toy recipe, made small and quiet; `overrides` are --set style pairs (`stage_options.dropout=0.1`)."""
+    base = {"out_dir": str(out), "steps": 8, "batch_size": 8, "checkpoint_every": 0, "progress": False,
+            "device": "cpu", "optim.warmup_steps": 2}
+    base.update(overrides)
+    return apply_overrides(ToyStage().default_config(), [f"{k}={json.dumps(v)}" for k, v in base.items()])
+
+
+def losses(out: Path) -> dict[int, float | None]:
+    return {r["step"]: r["loss"] for r in read_log(out / "log.jsonl")}
+
+
+def subprocess_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+class SpyStage(ToyStage):
+    """ToyStage that keeps the model it built and a snapshot of the trainable weights at every loss call."""
+
+    def __init__(self, corrupt_base_at_call: int | None = None):
+        self.model, self.snapshots, self.corrupt_base_at_call = None, [], corrupt_base_at_call
+
+    def build(self, config, device, dtype):
+        self.model = super().build(config, device, dtype)
+        return self.model
+
+    def loss(self, model, batch):
+        self.snapshots.append({k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad})
+        if self.corrupt_base_at_call == len(self.snapshots):
+            with torch.no_grad():
+                model.base[0].weight[0, 0] += 1.0  # a bug that writes to a frozen tensor
+        return super().loss(model, batch)
+
+
+# -----------------------------------------------------------------------------
+# Freezing
+
+
+def test_step_moves_trainable_params_and_leaves_frozen_bit_identical(tmp_path):
+    stage = SpyStage()
+    train(toy_config(tmp_path, steps=1, export=False), stage)
+    torch.manual_seed(0)
+    fresh = ToyStage().build(toy_config(tmp_path), torch.device("cpu"), torch.float32)  # the same seeded build
+    after = dict(stage.model.named_parameters())
+    for name, p in fresh.named_parameters():
+        if name.startswith("base."):
+            assert torch.equal(after[name], p) and not after[name].requires_grad, f"frozen {name} changed"
+        else:
+            assert not torch.equal(after[name], p), f"trainable {name} did not move"
+    assert stage.snapshots[0]["head.out.weight"].equal(fresh.head.out.weight)  # the spy saw the initial weights
+
+
+def test_frozen_hash_verification_catches_a_changed_tensor(tmp_path):
+    torch.manual_seed(0)
+    model = ToyStage().build(toy_config(tmp_path), torch.device("cpu"), torch.float32)
+    hashes = checkpointing.frozen_hashes(model, ("base",))
+    assert set(hashes) == {"base.0.weight", "base.0.bias", "base.2.weight", "base.2.bias"}
+    checkpointing.verify_frozen(model, ("base",), hashes, when="unchanged")  # passes
+    with torch.no_grad():
+        w = model.base[2].weight
+        w.view(-1)[7] = torch.nextafter(w.view(-1)[7], torch.tensor(math.inf))  # one ulp
+    with pytest.raises(RuntimeError, match=r"frozen weights changed .*base\.2\.weight"):
+        checkpointing.verify_frozen(model, ("base",), hashes, when="after one ulp")
+    # and inside a run: the checkpoint after the corruption refuses to save
+    with pytest.raises(RuntimeError, match="frozen weights changed"):
+        train(toy_config(tmp_path / "run", steps=4, checkpoint_every=2, export=False), SpyStage(corrupt_base_at_call=3))
+    assert [p.name for p in checkpointing.list_checkpoints(tmp_path / "run" / "checkpoints")] == ["step_00000002"]
+
+
+def test_declaration_is_enforced(tmp_path):
+    class Unfrozen(ToyStage):
+        def build(self, config, device, dtype):
+            return super().build(config, device, dtype).requires_grad_(True)
+
+    with pytest.raises(ValueError, match=r"base\.0\.weight.*declared frozen"):
+        train(toy_config(tmp_path), Unfrozen())
+
+
+# -----------------------------------------------------------------------------
+# Resume
+
+
+def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path):
+    # dropout on and 2-step accumulation, so RNG states and the data position must both be restored exactly
+    sets = {"steps": 12, "checkpoint_every": 3, "grad_accum": 2, "stage_options.dropout": 0.1}
+    reference = tmp_path / "reference"
+    train(toy_config(reference, **sets), ToyStage())
+    sets["stage_options.step_delay"] = 0.1  # slows the killed run (not the math) so the kill lands part-way
+
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "star.training.cli", "--stage", "toy", "--out", str(run), "--set", "device=cpu",
+           "--set", "progress=false", "--set", "batch_size=8", "--set", "optim.warmup_steps=2"]
+    cmd += [a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    while not (run / "checkpoints" / "step_00000006" / "trainer_state.json").exists():
+        assert proc.poll() is None, proc.stdout.read().decode()
+        assert time.time() < deadline, "the subprocess never wrote checkpoint 6"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert checkpointing.latest_checkpoint(run / "checkpoints").name in ("step_00000006", "step_00000009")
+    (run / "checkpoints" / "step_00000012.tmp").mkdir()  # debris of a save interrupted mid-way: must be ignored
+
+    train(toy_config(run, resume=True, **sets), ToyStage())
+    expected, got = losses(reference), losses(run)
+    steps = [r["step"] for r in read_log(run / "log.jsonl")]
+    assert steps == list(range(1, 13)), "each step logged once (the killed run's records after the checkpoint go)"
+    for step in expected:
+        assert abs(got[step] - expected[step]) <= 1e-6, (step, got[step], expected[step])
+    assert not (run / "checkpoints" / "step_00000012.tmp").exists()
+    a = load_file(reference / "export" / "trainable.safetensors")
+    b = load_file(run / "export" / "trainable.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
+
+
+def test_fresh_run_refuses_a_folder_with_checkpoints(tmp_path):
+    train(toy_config(tmp_path, steps=2, export=False), ToyStage())
+    with pytest.raises(ValueError, match="--resume"):
+        train(toy_config(tmp_path, steps=2, export=False), ToyStage())
+
+
+# -----------------------------------------------------------------------------
+# Two processes
+
+
+def torchrun_toy(out: Path, parallel: str, *sets: str) -> None:
+    """2 CPU processes (gloo) running the toy stage for 20 steps, global batch 16 = 2 ranks x 2 micro-steps x 4."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "star.training.cli", "--stage", "toy", "--out", str(out), "--steps", "20"]
+    for item in ("device=cpu", "progress=false", "batch_size=16", "grad_accum=2", "checkpoint_every=10",
+                 "optim.warmup_steps=2", f"parallel={parallel}", *sets):
+        cmd += ["--set", item]
+    result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def assert_same_run(one: Path, two: Path, steps=range(1, 21), rel=1e-5) -> None:
+    expected, got = losses(one), losses(two)
+    assert [r["step"] for r in read_log(two / "log.jsonl")] == list(range(1, 21))
+    for step in steps:
+        assert abs(got[step] - expected[step]) <= rel * abs(expected[step]), (step, got[step], expected[step])
+    a, b = load_file(one / "export" / "trainable.safetensors"), load_file(two / "export" / "trainable.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=rel, atol=1e-6) for k in a)
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory) -> Path:
+    """The reference: 1 process, 1 micro-step of 16 samples, 20 steps."""
+    out = tmp_path_factory.mktemp("one")
+    train(toy_config(out, steps=20, batch_size=16, checkpoint_every=10), ToyStage())
+    return out
+
+
+def test_torchrun_two_processes_fsdp_match_one_process(tmp_path, one_process_run):
+    """2 ranks x 2 accumulation micro-steps x 4 samples (gloo, FSDP2 on adapter and head) vs 1 rank x 16 samples:
+    the same losses to 1e-5 relative over 20 steps (measured ~3e-7: only reduction order differs), the same exported
+    weights. The sharded step-10 checkpoint then resumes in one process (DCP reshards it) and matches again."""
+    two = tmp_path / "two"
+    torchrun_toy(two, "fsdp")
+    assert_same_run(one_process_run, two)
+
+    ckpt = two / "checkpoints" / "step_00000010"
+    assert checkpointing.read_trainer_state(ckpt)["world_size"] == 2
+    assert len(list((ckpt / "state").glob("*.distcp"))) == 2  # one shard file per rank
+    shutil.rmtree(two / "checkpoints" / "step_00000020")
+    train(toy_config(two, steps=20, batch_size=16, checkpoint_every=10, resume=True), ToyStage())
+    assert_same_run(one_process_run, two, steps=range(11, 21))
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_ddp_match_one_process(tmp_path, one_process_run):
+    """The same comparison with DDP (no_sync on the first micro-step)."""
+    torchrun_toy(tmp_path / "ddp", "ddp")
+    assert_same_run(one_process_run, tmp_path / "ddp")
+
+
+# -----------------------------------------------------------------------------
+# Optimizer, accumulation, guard
+
+
+def test_warmup_then_cosine_to_min_lr():
+    cfg = OptimConfig(lr=1.0, min_lr=0.1, warmup_steps=4)
+    got = [lr_at(s, cfg, decay_steps=12) for s in range(14)]
+    assert got[:4] == [0.25, 0.5, 0.75, 1.0]  # linear warm-up, reaching lr on the last warm-up step
+    assert got[4] == 1.0  # cosine starts at lr ...
+    assert math.isclose(got[8], 0.1 + 0.9 * 0.5)  # ... is halfway down halfway through ...
+    assert math.isclose(got[12], 0.1) and got[13] == 0.1  # ... and stays at min_lr after decay_steps
+    assert all(a >= b for a, b in zip(got[3:], got[4:]))  # monotone after warm-up
+
+
+def test_no_weight_decay_on_norms_biases_and_1d_params(tmp_path):
+    torch.manual_seed(0)
+    model = ToyStage().build(toy_config(tmp_path), torch.device("cpu"), torch.float32)
+    decay, no_decay = param_groups(model, weight_decay=0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim == 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in no_decay["params"]} >= {"head.norm.weight", "head.norm.bias", "adapter.bias"}
+    assert not any(names[id(p)].startswith("base.") for g in (decay, no_decay) for p in g["params"])
+
+
+def test_grad_accumulation_equals_the_larger_batch(tmp_path):
+    """batch 8 as 2 micro-steps of 4 == batch 8 in one micro-step (same samples, mean of equal-size means)."""
+    train(toy_config(tmp_path / "accum", grad_accum=2, steps=6), ToyStage())
+    train(toy_config(tmp_path / "whole", grad_accum=1, steps=6), ToyStage())
+    a, b = losses(tmp_path / "accum"), losses(tmp_path / "whole")
+    assert all(abs(a[s] - b[s]) <= 1e-6 for s in b), (a, b)
+    wa = load_file(tmp_path / "accum" / "export" / "trainable.safetensors")
+    wb = load_file(tmp_path / "whole" / "export" / "trainable.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-6) for k in wa)
+
+
+def test_activation_checkpointing_changes_nothing_but_memory(tmp_path):
+    sets = {"steps": 4, "export": False, "stage_options.dropout": 0.2}
+    train(toy_config(tmp_path / "ac", activation_checkpointing=True, **sets), ToyStage())
+    train(toy_config(tmp_path / "plain", **sets), ToyStage())
+    assert losses(tmp_path / "ac") == losses(tmp_path / "plain")  # recompute replays the same dropout masks
+
+
+def test_nonfinite_steps_are_skipped_counted_and_bounded(tmp_path):
+    # batch 8: samples 16..23 form step 3; one NaN input there poisons that step's loss and gradients
+    stage = SpyStage()
+    summary = train(toy_config(tmp_path / "one", steps=5, **{"stage_options.nonfinite_samples": [18]}), stage)
+    log = {r["step"]: r for r in read_log(tmp_path / "one" / "log.jsonl")}
+    assert [log[s]["skipped_step"] for s in range(1, 6)] == [False, False, True, False, False]
+    assert log[3]["loss"] is None and log[3]["grad_norm"] is None  # non-finite values are logged as null
+    assert [log[s]["skipped"] for s in range(1, 6)] == [0, 0, 1, 1, 1] and summary["skipped"] == 1
+    assert log[5]["data_warnings"] == {"nonfinite_inputs": 1}
+    before, after = stage.snapshots[2], stage.snapshots[3]  # weights entering step 3 and step 4
+    assert all(torch.equal(before[k], after[k]) for k in before), "a skipped step must not touch the weights"
+    assert all(math.isfinite(v) for s in (4, 5) for v in (log[s]["loss"], log[s]["grad_norm"]))
+
+    with pytest.raises(RuntimeError, match="3 consecutive steps"):
+        train(toy_config(tmp_path / "many", steps=6, max_consecutive_nonfinite=3,
+                         **{"stage_options.nonfinite_samples": [8, 16, 24]}), ToyStage())
+
+
+# -----------------------------------------------------------------------------
+# Artifacts and config
+
+
+def test_run_leaves_config_log_plot_and_export(tmp_path):
+    summary = train(toy_config(tmp_path, steps=3, checkpoint_every=2, keep_checkpoints=1), ToyStage())
+    records = read_log(tmp_path / "log.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "skipped", "accuracy", "data_warnings"):
+        assert key in records[-1], key
+    assert records[-1]["tokens_per_s"] > 0 and summary["loss"] == records[-1]["loss"]
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "config.json").read_text())["stage"] == "toy"
+    assert [p.name for p in checkpointing.list_checkpoints(tmp_path / "checkpoints")] == ["step_00000003"]
+    exported = load_file(tmp_path / "export" / "trainable.safetensors")
+    assert exported and not any(k.startswith("base.") for k in exported)  # frozen parts are never duplicated
+    from torch.distributed.checkpoint import FileSystemReader
+
+    stored = FileSystemReader(tmp_path / "checkpoints" / "step_00000003" / "state").read_metadata().state_dict_metadata
+    model_keys = {k.removeprefix("model.") for k in stored if k.startswith("model.")}
+    assert model_keys == set(exported)  # the checkpoint holds the trainable parameters, the base only as hashes
+    assert any(k.startswith("optim.state.head.out.weight.exp_avg") for k in stored)
+
+
+def test_config_overrides_are_typed_and_validated():
+    sets = ["optim.lr=1e-4", "steps=5", "stage_options.hidden=64", "optim.betas=[0.8,0.9]"]
+    cfg = apply_overrides(TrainConfig(), sets)
+    assert cfg.optim.lr == 1e-4 and cfg.steps == 5 and cfg.stage_options == {"hidden": 64}
+    assert cfg.optim.betas == (0.8, 0.9)
+    with pytest.raises(KeyError, match="known"):
+        apply_overrides(TrainConfig(), ["optim.lrr=1"])
+    with pytest.raises(ValueError, match="steps: expected int"):
+        apply_overrides(TrainConfig(), ["steps=ten"])
+    with pytest.raises(ValueError, match="grad_accum"):
+        TrainConfig(batch_size=10, grad_accum=4)
+    with pytest.raises(ValueError, match="world_size=3"):
+        TrainConfig(batch_size=8).micro_batch_size(3)
