@@ -19,6 +19,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("convert-upstream", "star.commands.convert_upstream", "convert the upstream STAR release into a STAR folder"),
     ("shapes prompts", "star.shapes.cli_prompts", "print or write a ShapeWorld benchmark prompt set (JSONL)"),
     ("shapes dataset", "star.shapes.cli_data", "write a ShapeWorld training dataset (star-records format)"),
+    ("shapes score", "star.shapes.cli_score", "score images with the exact ShapeWorld judges (geneval, imgedit, vqa)"),
     ("train stage", "star.training.cli", "train a stage (--stage NAME; one process or under torchrun)"),
     ("train vq", "star.vq_train", "train the image tokenizer (VQ) on ShapeWorld or an image folder"),
     ("eval vq", "star.vq_eval", "tokenizer metrics: PSNR, SSIM, codebook usage/perplexity, ShapeWorld round trip"),

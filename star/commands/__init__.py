@@ -1,0 +1,67 @@
+"""`star generate / edit / understand / convert-upstream`: thin command-line wrappers over star.pipeline and
+star.checkpoint. Each module exposes add_arguments(parser) and run(args) for the table in star/cli.py; the options
+they share (model, device, sampling) live here.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "star-shapes"
+DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", metavar="PATH", default=None,
+                        help=f"STAR model folder (default: the shipped ShapeWorld model, {DEFAULT_MODEL})")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                        help="compute dtype (default: bfloat16 on cuda, float32 on cpu)")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
+    parser.add_argument("--seed", type=int, default=None, help="seed; image i uses seed + i")
+    parser.add_argument("--guidance-scale", type=float, default=None, help="CFG scale (default: the model's)")
+    parser.add_argument("--top-k", type=int, default=None, help="top-k filter, 0 = off (default: the model's)")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus filter, 1 = off (default: the model's)")
+    parser.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: the model's)")
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict:
+    return dict(num_images=args.num_images, seed=args.seed, guidance_scale=args.guidance_scale, top_k=args.top_k,
+                top_p=args.top_p, temperature=args.temperature)
+
+
+def load_pipeline(args: argparse.Namespace):
+    """The pipeline of --model (or the shipped default), on --device with --dtype."""
+    import torch
+
+    from star.pipeline import STARPipeline
+
+    if args.model is None:
+        if not (DEFAULT_MODEL / "config.json").is_file():
+            raise FileNotFoundError(f"no default model is installed (the ShapeWorld model is expected at "
+                                    f"{DEFAULT_MODEL}); pass --model PATH to a STAR model folder (written by "
+                                    f"STAR.save_pretrained or `star convert-upstream`)")
+        path = DEFAULT_MODEL
+    else:
+        path = Path(args.model)
+        if not path.is_dir():
+            raise FileNotFoundError(f"--model {path} is not a folder; pass a STAR model folder (config.json + "
+                                    f"model.safetensors)")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    return STARPipeline.from_pretrained(path, device=device, dtype=dtype)
+
+
+def save_images(images: list, output: str | Path) -> list[Path]:
+    """One image -> OUTPUT; several -> OUTPUT with _0, _1, ... before the suffix."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    paths = [output] if len(images) == 1 else [output.with_name(f"{output.stem}_{i}{output.suffix}")
+                                                for i in range(len(images))]
+    for image, path in zip(images, paths):
+        image.save(path)
+    return paths

@@ -1,0 +1,241 @@
+"""STARPipeline: text-to-image, editing and understanding, PIL in and PIL out. Inference only.
+
+Data flow:
+    text_to_image: prompts ─▶ chat.t2i_row (or, with reasoning=True, the base's answer ─▶ chat.reasoning_row)
+                   ─▶ Condition ─▶ generate.generate_codes ─▶ vq.decode ─▶ PIL
+    edit:          image ─▶ resize to the VQ resolution ─▶ vq.encode (VQ view)  ┐
+                   image ─▶ base image processor (ViT view)                     ┴▶ chat.edit_row ─▶ Condition ─▶ …
+    understand:    image + question ─▶ chat.understand_ids ─▶ the base's own HF `generate` ─▶ text
+
+Every task method takes the same sampling arguments (None = the model's SamplingConfig): `num_images`,
+`guidance_scale`, `top_k`, `top_p`, `temperature` (applied; 0 = greedy), and `seed` or `generator`. Several prompts
+run as one left-padded batch. With `seed`, image i of the batch (prompt-major order) uses seed + i, so it equals a
+solo run with that seed; `generator` may be one torch.Generator or a list with one per image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from star.chat import Row, check_prompt, edit_row, reasoning_row, t2i_row, understand_ids
+from star.config import check_sampling
+from star.generate import generate_codes
+from star.model import STAR, Condition, left_pad
+
+
+@dataclass
+class ImageOutput:
+    images: list[Image.Image]        # one per generated image, prompt-major order
+    codes: Tensor                    # (N, h, w) int64 VQ codes of the images
+    answers: list[str] | None = None  # implicit reasoning: the base's answer used as each prompt's condition
+
+
+def load_image(image) -> Image.Image:
+    """A PIL image or a path -> an RGB PIL image; anything else raises a ValueError that says what to do."""
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"image file {path} not found")
+        try:
+            with Image.open(path) as f:
+                f.load()
+                image = f.copy()
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ValueError(f"cannot decode image file {path}: {exc}") from exc
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image or an image path, got {type(image).__name__}")
+    if image.mode != "RGB":
+        raise ValueError(f"image mode is {image.mode!r}, expected 'RGB'; convert it first, e.g. image.convert('RGB') "
+                         f"(an alpha channel or palette would otherwise be interpreted silently)")
+    return image
+
+
+def _as_list(value, name: str) -> list:
+    items = [value] if isinstance(value, (str, Path, Image.Image)) or value is None else list(value)
+    if not items:
+        raise ValueError(f"{name} is an empty list")
+    return items
+
+
+class STARPipeline:
+    def __init__(self, model: STAR):
+        if model.base.tokenizer is None or model.base.image_processor is None:
+            raise ValueError("the model's base has no tokenizer / image processor; load it with "
+                             "FrozenBase.from_pretrained (or STARPipeline.from_pretrained)")
+        self.model = model.eval()
+        self.tokenizer = model.base.tokenizer
+        self.image_processor = model.base.image_processor
+        self.special = model.special
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None,
+                        dtype: torch.dtype | None = None) -> "STARPipeline":
+        return cls(STAR.from_pretrained(path, device=device, dtype=dtype))
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.base.device
+
+    # --- tasks --------------------------------------------------------------------
+    def text_to_image(self, prompt: str | list[str], *, num_images: int = 1, guidance_scale: float | None = None,
+                      top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,
+                      seed: int | None = None, generator=None, reasoning: bool = False,
+                      max_answer_tokens: int = 256) -> ImageOutput:
+        """Generate `num_images` images per prompt. reasoning=True: the base answers each prompt first (greedy)
+        and the answer (+ " Ultra HD, 4K, cinematic composition") is the condition; answers are returned."""
+        cond, answers = self.t2i_condition(prompt, num_images=num_images, reasoning=reasoning,
+                                           max_answer_tokens=max_answer_tokens)
+        codes = self._generate(cond, guidance_scale, top_k, top_p, temperature, seed, generator)
+        return ImageOutput(*self._decode(codes), answers=answers)
+
+    def edit(self, image, prompt: str | list[str], *, num_images: int = 1, guidance_scale: float | None = None,
+             top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,
+             seed: int | None = None, generator=None) -> ImageOutput:
+        """Edit `image` (one image, or one per prompt) following each instruction in `prompt`."""
+        cond = self.edit_condition(image, prompt, num_images=num_images)
+        codes = self._generate(cond, guidance_scale, top_k, top_p, temperature, seed, generator)
+        return ImageOutput(*self._decode(codes))
+
+    @torch.inference_mode()
+    def understand(self, image, prompt: str | list[str], *, max_new_tokens: int = 256, temperature: float = 0.0,
+                   top_k: int = 0, top_p: float = 1.0, seed: int | None = None, generator=None) -> list[str]:
+        """Answer each question (about `image`: None, one image, or one per question) with the frozen base's own
+        `generate`; the stacked AR is not involved. temperature 0 = greedy."""
+        prompts = [check_prompt(p, "question") for p in _as_list(prompt, "prompt")]
+        images = _as_list(image, "image")
+        if len(images) == 1:
+            images = images * len(prompts)
+        if len(images) != len(prompts):
+            raise ValueError(f"got {len(images)} images for {len(prompts)} questions; pass one image, or one per "
+                             f"question")
+        check_sampling(1.0, top_k, top_p, temperature)
+        max_tokens = self.model.config.understand_vit_max_tokens
+        vit = [None if im is None else self._vit_inputs(load_image(im), None, max_tokens) for im in images]
+        rows = [understand_ids(self.tokenizer, self.special, q, None if v is None else v[2])
+                for q, v in zip(prompts, vit)]
+        self._check_length(rows, max_new_tokens)
+        ids, mask = (t.to(self.device) for t in left_pad(rows, self.special.end_of_text))    # (B, T)
+        inputs = dict(input_ids=ids, attention_mask=mask, mm_token_type_ids=(ids == self.special.image_pad).int())
+        if any(v is not None for v in vit):
+            inputs["pixel_values"] = torch.cat([v[0] for v in vit if v is not None]).to(self.device)
+            inputs["image_grid_thw"] = torch.cat([v[1] for v in vit if v is not None]).to(self.device)
+        sampling = (dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p)   # top_k 0 = off
+                    if temperature > 0 else dict(do_sample=False, temperature=None, top_k=None, top_p=None))
+        if generator is not None and seed is None:
+            seed = generator.initial_seed()
+        cuda = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+            if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = self.model.base.generate(**inputs, max_new_tokens=max_new_tokens,
+                                           pad_token_id=self.special.end_of_text, **sampling)
+        return self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+
+    # --- conditions (what the decode loop starts from) ---------------------------
+    def t2i_condition(self, prompt: str | list[str], *, num_images: int = 1, reasoning: bool = False,
+                      max_answer_tokens: int = 256) -> tuple[Condition, list[str] | None]:
+        """Prompts -> Condition with num_images rows per prompt (prompt-major), and the reasoning answers."""
+        prompts = [check_prompt(p) for p in _as_list(prompt, "prompt")]
+        answers = None
+        if reasoning:
+            answers = self.understand(None, prompts, max_new_tokens=max_answer_tokens, temperature=0.0)
+            rows = [reasoning_row(self.tokenizer, self.special, p, a) if a.strip()   # empty answer: the prompt
+                    else t2i_row(self.tokenizer, self.special, p) for p, a in zip(prompts, answers)]
+        else:
+            rows = [t2i_row(self.tokenizer, self.special, p) for p in prompts]
+        return self._condition([r for r in rows for _ in range(num_images)]), answers
+
+    def edit_condition(self, image, prompt: str | list[str], *, num_images: int = 1) -> Condition:
+        """Source image(s) + instructions -> Condition: VQ view and ViT view spliced after `<|im_start|>user\\n`."""
+        prompts = [check_prompt(p, "edit instruction") for p in _as_list(prompt, "prompt")]
+        images = [load_image(im) for im in _as_list(image, "image")]
+        if len(images) == 1:
+            images = images * len(prompts)
+        if len(images) != len(prompts):
+            raise ValueError(f"got {len(images)} images for {len(prompts)} instructions; pass one image, or one "
+                             f"per instruction")
+        cfg = self.model.config
+        source_codes = self._encode_vq(images)                                            # (B, h*w)
+        vit = [self._vit_inputs(im, cfg.edit_vit_min_tokens, cfg.edit_vit_max_tokens) for im in images]
+        rows = [edit_row(self.tokenizer, self.special, p, source_codes.shape[1], n)
+                for p, (_, _, n) in zip(prompts, vit)]
+        rep = lambda items: [x for x in items for _ in range(num_images)]  # noqa: E731
+        return self._condition(rep(rows), source_codes=source_codes.repeat_interleave(num_images, 0),
+                               pixel_values=torch.cat(rep([pv for pv, _, _ in vit])),
+                               image_grid_thw=torch.cat(rep([g for _, g, _ in vit])))
+
+    # --- helpers ------------------------------------------------------------------
+    def _check_length(self, rows: list, new_tokens: int) -> None:
+        placeholders = (self.special.vision_pad, self.special.image_pad)
+        limit = self.model.config.max_prompt_tokens
+        max_positions = self.model.base.text_config.max_position_embeddings
+        for ids in rows:
+            ids = ids.ids if isinstance(ids, Row) else ids
+            text = sum(1 for t in ids if t not in placeholders)
+            if text > limit:
+                raise ValueError(f"prompt is too long: {text} tokens with the chat template, the limit is {limit} "
+                                 f"(STARConfig.max_prompt_tokens); shorten it")
+            if len(ids) + new_tokens > max_positions:
+                raise ValueError(f"sequence of {len(ids)} + {new_tokens} tokens exceeds the base's "
+                                 f"{max_positions} positions; shorten the prompt")
+
+    def _condition(self, rows: list[Row], **images) -> Condition:
+        if len(rows) == 0:
+            raise ValueError("nothing to generate: num_images must be >= 1")
+        self._check_length(rows, self.model.num_image_tokens)
+        return Condition.from_rows(rows, self.special.end_of_text, device=self.device, **images)
+
+    def _generate(self, cond: Condition, guidance_scale, top_k, top_p, temperature, seed, generator) -> Tensor:
+        d = self.model.config.sampling
+        guidance_scale = d.guidance_scale if guidance_scale is None else guidance_scale
+        top_k = d.top_k if top_k is None else top_k
+        top_p = d.top_p if top_p is None else top_p
+        temperature = d.temperature if temperature is None else temperature
+        check_sampling(guidance_scale, top_k, top_p, temperature)
+        if generator is None and seed is not None:
+            generator = [torch.Generator(self.device).manual_seed(seed + i) for i in range(cond.batch_size)]
+        return generate_codes(self.model, cond, self.model.num_image_tokens, guidance_scale=guidance_scale,
+                              temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+
+    def _decode(self, codes: Tensor) -> tuple[list[Image.Image], Tensor]:
+        h, w = self.model.image_grid
+        codes = codes.view(-1, h, w)                                                      # (N, h, w)
+        with torch.inference_mode():
+            pixels = self.model.vq.decode(codes).float().clamp(-1, 1)                     # (N, 3, H, W)
+        arrays = ((pixels + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return [Image.fromarray(np.ascontiguousarray(a)) for a in arrays], codes
+
+    @torch.inference_mode()
+    def _encode_vq(self, images: list[Image.Image]) -> Tensor:
+        """VQ view: bilinear resize to the VQ resolution, [-1, 1], encode -> (B, h*w) codes."""
+        side = self.model.vq.config.resolution
+        arrays = [np.asarray(im.resize((side, side), Image.Resampling.BILINEAR), dtype=np.float32) for im in images]
+        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0     # (B, 3, side, side)
+        vq = self.model.vq
+        dtype = next(vq.parameters()).dtype
+        return vq.encode(pixels.to(self.device, dtype)).flatten(1)                        # (B, h*w)
+
+    def _vit_inputs(self, image: Image.Image, min_tokens: int | None, max_tokens: int | None):
+        """ViT view: the base's image processor -> (pixel_values (P, dim), grid_thw (1, 3), number of ViT tokens)."""
+        ip = self.image_processor
+        unit = ip.patch_size * ip.merge_size
+        if min(image.size) < unit:                 # the processor's resize needs at least one merge unit per side
+            scale = unit / min(image.size)
+            image = image.resize((max(unit, round(image.width * scale)), max(unit, round(image.height * scale))),
+                                 Image.Resampling.LANCZOS)
+        get = (lambda k: ip.size.get(k)) if isinstance(ip.size, dict) else (lambda k: getattr(ip.size, k, None))
+        size = {k: get(k) for k in ("shortest_edge", "longest_edge") if get(k) is not None}
+        if min_tokens is not None:
+            size["shortest_edge"] = unit * unit * min_tokens
+        if max_tokens is not None:
+            size["longest_edge"] = unit * unit * max_tokens
+        out = ip(images=[image], size=size, return_tensors="pt")
+        grid = out["image_grid_thw"]
+        return out["pixel_values"], grid, int(grid.prod()) // (ip.merge_size ** 2)

@@ -1,0 +1,275 @@
+"""STAR model on a tiny random Qwen2.5-VL base (CPU, fp32, offline): construction, sequences, caches, training step.
+
+Tolerances: fp32 comparisons between two computations of the same logits (cached vs recomputed, batched vs solo) use
+atol 1e-5 (observed differences are ~1e-6); "unchanged" and "copied" parameters are compared bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from star.chat import REASONING_SUFFIX, edit_row, image_blocks, null_row, reasoning_row, t2i_row
+from star.config import StackedARConfig
+from star.model import Condition
+from star.pipeline import STARPipeline
+
+ATOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny ops are ~100x faster single-threaded on the shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def rgb(seed: int, size: tuple[int, int] = (64, 64)) -> Image.Image:
+    arr = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(arr, "RGB")
+
+
+def step_logits(model, cond: Condition, codes: torch.Tensor) -> torch.Tensor:
+    """Logits for every code position by prefill + one cached step per code: (R, N, K)."""
+    with torch.no_grad():
+        logits, state = model.prefill(cond)
+        out = [logits]
+        for i in range(codes.shape[1] - 1):
+            logits, state = model.step(codes[:, i], state)
+            out.append(logits)
+    return torch.stack(out, 1), state
+
+
+def full_logits(model, cond: Condition, codes: torch.Tensor) -> torch.Tensor:
+    """Logits for every code position by one pass over prompt + codes[:, :-1] (no cache): (R, N, K)."""
+    with torch.no_grad():
+        return model.head(model.hidden_states(model.embed(cond, codes[:, :-1])))[:, -codes.shape[1]:]
+
+
+# -----------------------------------------------------------------------------
+# Construction
+
+
+def test_stack_equals_base_last_layers_after_construction(make_star):
+    model = make_star()
+    lm = model.base.language_model
+    stack = model.stacks[0].decoder
+    first = len(lm.layers) - len(stack.layers)
+    assert len(stack.layers) == 2 and first == 2
+    for i, layer in enumerate(stack.layers):
+        source = lm.layers[first + i].state_dict()
+        for key, value in layer.state_dict().items():
+            assert torch.equal(value, source[key]), f"stack layer {i} {key} != base layer {first + i}"
+            assert value.data_ptr() != source[key].data_ptr(), "the stack owns a copy, not the base's tensor"
+    assert torch.equal(stack.norm.weight, lm.norm.weight), "the stack's final norm is the base's final norm"
+    assert not hasattr(stack, "embed_tokens"), "the stack has no token embeddings"
+    assert all(p.requires_grad for p in model.stacks.parameters())
+    assert not any(p.requires_grad for p in model.base.parameters()), "the base is frozen"
+    assert not any(p.requires_grad for p in model.vq.parameters()), "the VQ is frozen"
+    assert not model.train().base.training, "the base stays in eval mode when the model trains"
+
+
+def test_stack_init_options_and_progressive_stacking(make_star):
+    ranged = make_star(stacks=[dict(num_layers=2, source_layers=[0, 2])])
+    lm = ranged.base.language_model
+    for i in range(2):
+        assert torch.equal(ranged.stacks[0].decoder.layers[i].mlp.up_proj.weight, lm.layers[i].mlp.up_proj.weight)
+
+    rand = make_star(stacks=[dict(num_layers=2, init="random")])
+    q = rand.stacks[0].decoder.layers[0].self_attn.q_proj.weight
+    assert not any(torch.equal(q, layer.self_attn.q_proj.weight) for layer in rand.base.language_model.layers)
+    assert torch.equal(rand.stacks[0].decoder.norm.weight, torch.ones(64)), "random init: unit norms"
+    std = rand.base.text_config.initializer_range
+    assert abs(q.std().item() - std) < 0.25 * std, "random init: normal(0, initializer_range)"
+
+    model = make_star()
+    top = model.add_stack(StackedARConfig(num_layers=1))
+    assert len(model.stacks) == 2 and len(model.config.stacks) == 2
+    assert not any(p.requires_grad for p in model.stacks[0].parameters()), "the earlier stack is frozen"
+    assert all(p.requires_grad for p in top.parameters())
+    cond = Condition.from_rows([t2i_row(model.base.tokenizer, model.special, "a red cube")], model.special.end_of_text)
+    codes = torch.randint(0, 64, (1, 16), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(step_logits(model, cond, codes)[0], full_logits(model, cond, codes), atol=ATOL, rtol=0)
+
+
+# -----------------------------------------------------------------------------
+# Sequences: null row, positions, cached decoding
+
+
+def upstream_null(ids: list[int], fim_pad: int) -> list[int]:
+    """Upstream's tensor ops, transcribed: tokens[i, 1:-1] = fim_pad; tokens[i, -4:] = input_ids[-4:]."""
+    tokens = torch.tensor(ids)
+    null = tokens.clone()
+    null[1:-1] = fim_pad
+    null[-4:] = tokens[-4:]
+    return null.tolist()
+
+
+def test_null_row_matches_upstream_construction(make_star):
+    model = make_star()
+    tok, sp = model.base.tokenizer, model.special
+    prompt = "a red cube left of a blue ball"
+    row = t2i_row(tok, sp, prompt)
+    assert tok.decode(row.ids) == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                                   f"{prompt}<|im_end|>\n<|im_start|>assistant\n<|vision_start|>")
+    assert row.null_ids == upstream_null(row.ids, sp.fim_pad)
+    pieces = tok.convert_ids_to_tokens(row.null_ids)
+    assert pieces[0] == "<|im_start|>" and set(pieces[1:-4]) == {"<|fim_pad|>"}
+    assert [tok.decode([i]) for i in row.null_ids[-4:]] == ["<|im_start|>", "assistant", "\n", "<|vision_start|>"]
+
+    # Editing: upstream nulls the text row first, then inserts the image blocks after `<|im_start|>user\n`.
+    edit = edit_row(tok, sp, "make the cube blue", num_vq=16, num_vit=4)
+    text = t2i_row(tok, sp, "make the cube blue").ids
+    header = tok.encode("<|im_start|>user\n", add_special_tokens=False)
+    windows = torch.tensor(text).unfold(0, len(header), 1)
+    at = int(torch.where((windows == torch.tensor(header)).all(1))[0][0]) + len(header)
+    block = image_blocks(sp, 16, 4)
+    assert edit.ids == text[:at] + block + text[at:]
+    assert edit.null_ids == upstream_null(text, sp.fim_pad)[:at] + block + upstream_null(text, sp.fim_pad)[at:]
+    assert tok.decode(block) == ("<|vision_start|>" + "<|vision_pad|>" * 16 + "<|vision_end|><|vision_start|>"
+                                 + "<|image_pad|>" * 4 + "<|vision_end|>\n")
+
+    # Implicit reasoning: prompt tokens replaced by answer + suffix; the null row follows the same rule.
+    reason = reasoning_row(tok, sp, prompt, "a red cube")
+    assert tok.decode(reason.ids).endswith(f"user\na red cube{REASONING_SUFFIX}<|im_end|>\n<|im_start|>assistant\n"
+                                           "<|vision_start|>")
+    assert reason.null_ids == null_row(reason.ids, sp) == upstream_null(reason.ids, sp.fim_pad)
+
+
+def test_cached_decoding_equals_full_recompute_t2i(make_star):
+    model = make_star()
+    tok, sp = model.base.tokenizer, model.special
+    rows = [t2i_row(tok, sp, "a red cube"), t2i_row(tok, sp, "two green triangles above a yellow star")]
+    cond = Condition.from_rows(rows, sp.end_of_text).with_null()                 # 4 rows, left-padded
+    assert cond.attention_mask[0].sum() < cond.attention_mask[1].sum(), "rows of different lengths"
+    codes = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(1))
+    cached, state = step_logits(model, cond, codes)
+    torch.testing.assert_close(cached, full_logits(model, cond, codes), atol=ATOL, rtol=0)
+    assert all(c.get_seq_length() == cond.input_ids.shape[1] + 15 for c in state.caches), "every module cached"
+    seq = model.embed(cond, codes)
+    lengths = cond.attention_mask.sum(1)
+    expected = (lengths[:, None] + torch.arange(16))                             # 1-D positions continue the text
+    assert torch.equal(seq.position_ids[:, :, -16:], expected[None].expand(3, -1, -1))
+
+
+def test_cached_decoding_equals_full_recompute_edit(make_star):
+    model = make_star()
+    pipe = STARPipeline(model)
+    cond = pipe.edit_condition([rgb(0, (64, 64)), rgb(1, (96, 64))], ["make the cube blue", "remove the ball"])
+    assert cond.image_grid_thw.tolist() == [[1, 8, 8], [1, 8, 12]], "different ViT grids -> left padding"
+    cond = cond.with_null()
+    codes = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(2))
+    cached, _ = step_logits(model, cond, codes)
+    torch.testing.assert_close(cached, full_logits(model, cond, codes), atol=ATOL, rtol=0)
+
+    # Positions = Qwen's rope index on upstream's surrogate sequence (prompt + one <|vision_pad|> per generated code).
+    seq = model.embed(cond, codes)
+    surrogate = torch.cat([cond.input_ids, torch.full((4, 16), model.special.vision_pad)], 1)
+    mask = torch.cat([cond.attention_mask, torch.ones(4, 16, dtype=torch.long)], 1)
+    mm = (surrogate == model.base.hf.config.image_token_id).int()
+    ref, _ = model.base.hf.model.get_rope_index(surrogate, mm_token_type_ids=mm, image_grid_thw=cond.image_grid_thw,
+                                                attention_mask=mask)
+    assert torch.equal(seq.position_ids[:, mask.bool()], ref[:, mask.bool()])
+    vit = cond.input_ids[1] == model.special.image_pad
+    assert not torch.equal(seq.position_ids[1, 1, :-16][vit], seq.position_ids[2, 1, :-16][vit]), "ViT block is 3-D"
+    vq = cond.input_ids[1] == model.special.vision_pad
+    p = seq.position_ids[:, 1, :-16][:, vq]
+    assert torch.equal(p[0], p[1]) and torch.equal(p[0], p[2]) and torch.equal(p[0].diff(), torch.ones(15).long()), \
+        "the VQ block has 1-D positions"
+
+
+# -----------------------------------------------------------------------------
+# Training
+
+
+def test_training_step_changes_trained_parts_only(make_star):
+    model = make_star().train()
+    tok, sp = model.base.tokenizer, model.special
+    cond = Condition.from_rows([t2i_row(tok, sp, "a red cube"), t2i_row(tok, sp, "remove the ball")], sp.end_of_text)
+    codes = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(3))
+    frozen = {k: v.clone() for k, v in list(model.base.state_dict().items()) + [
+        ("vq." + k, v) for k, v in model.vq.state_dict().items()]}
+    trained = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+
+    out = model(cond, codes, drop_prompt=torch.tensor([False, True]))
+    assert out.logits.shape == (2, 16, 64) and torch.isfinite(out.loss)
+    out.loss.backward()
+    named = dict(model.named_parameters())
+    for key in ("adapter.layers.0.weight", "head.proj.weight", "stacks.0.decoder.layers.0.self_attn.q_proj.weight",
+                "stacks.0.decoder.layers.1.mlp.down_proj.weight", "stacks.0.decoder.norm.weight"):
+        assert named[key].grad is not None and named[key].grad.abs().sum() > 0, f"{key} gets a gradient"
+    assert all(p.grad is None for p in model.base.parameters()), "no gradient is stored on the base"
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1).step()
+
+    now = {k: v for k, v in list(model.base.state_dict().items()) + [
+        ("vq." + k, v) for k, v in model.vq.state_dict().items()]}
+    assert all(torch.equal(now[k], v) for k, v in frozen.items()), "every base and VQ tensor is bit-identical"
+    after = model.trainable_state_dict()
+    for key, before in trained.items():
+        grad = named[key].grad
+        assert (not torch.equal(after[key], before)) == bool(grad.abs().sum() > 0), f"{key} moves iff it has a grad"
+    changed = {k.split(".")[0] for k in trained if not torch.equal(after[k], trained[k])}
+    assert changed == {"stacks", "adapter", "head"}
+
+
+def test_training_loss_is_code_cross_entropy_of_the_inference_sequence(make_star):
+    model = make_star()
+    tok, sp = model.base.tokenizer, model.special
+    cond = Condition.from_rows([t2i_row(tok, sp, "a red cube"), t2i_row(tok, sp, "two green triangles")],
+                               sp.end_of_text)
+    codes = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        kept = model(cond, codes, drop_prompt=torch.tensor([False, False]))
+        dropped = model(cond, codes, drop_prompt=torch.tensor([True, True]))
+    cached, _ = step_logits(model, cond, codes)
+    torch.testing.assert_close(kept.logits, cached, atol=ATOL, rtol=0)
+    ce = torch.nn.functional.cross_entropy(cached.flatten(0, 1), codes.flatten())
+    torch.testing.assert_close(kept.loss, ce, atol=ATOL, rtol=0)
+    null_cond = Condition(cond.null_ids, cond.null_ids, cond.attention_mask)
+    torch.testing.assert_close(dropped.logits, step_logits(model, null_cond, codes)[0], atol=ATOL, rtol=0)
+
+    model.config.cfg_dropout = 0.5
+    torch.manual_seed(0)
+    draws = torch.stack([model.train()(cond, codes).dropped for _ in range(20)])
+    assert 0 < draws.float().mean() < 1, "training mode drops prompts with probability cfg_dropout"
+    assert not model.eval()(cond, codes).dropped.any(), "eval mode never drops"
+
+
+# -----------------------------------------------------------------------------
+# Tiny base folder and sampling functions
+
+
+def test_tiny_base_is_an_ordinary_qwen_folder(tiny_base_dir):
+    from transformers import AutoConfig, AutoTokenizer
+
+    config, tok = AutoConfig.from_pretrained(tiny_base_dir), AutoTokenizer.from_pretrained(tiny_base_dir)
+    assert config.model_type == "qwen2_5_vl" and config.text_config.hidden_size == 64
+    ids = tok.get_vocab()
+    for name in ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>",
+                 "<|fim_pad|>", "<|endoftext|>"):
+        assert name in ids and tok.convert_ids_to_tokens(ids[name]) == name
+    assert (config.image_token_id, config.vision_start_token_id, config.vision_end_token_id) == (
+        ids["<|image_pad|>"], ids["<|vision_start|>"], ids["<|vision_end|>"])
+    assert len(tok) <= config.text_config.vocab_size
+    text = "two green triangles, 3 of them!\n  ok"
+    assert tok.decode(tok.encode(text, add_special_tokens=False)) == text, "byte-level BPE round-trips any text"
+
+
+def test_sampling_filters_and_temperature():
+    from star.sampling import apply_cfg, filter_top_k, filter_top_p, sample
+
+    logits = torch.tensor([[3.0, 1.0, 2.0, 0.0]])
+    assert torch.isinf(filter_top_k(logits, 2)).tolist() == [[False, True, False, True]]
+    # probs ≈ [.64, .09, .24, .03]: top-p 0.7 keeps the best two (0.64 < 0.7), top-p 0.5 keeps one.
+    assert torch.isinf(filter_top_p(logits, 0.7)).tolist() == [[False, True, False, True]]
+    assert torch.isinf(filter_top_p(logits, 0.5)).tolist() == [[False, True, True, True]]
+    torch.testing.assert_close(apply_cfg(torch.ones(1, 4), torch.zeros(1, 4), 3.0), torch.full((1, 4), 3.0))
+    assert sample(logits, temperature=0.0).tolist() == [0]
+    for temperature in (0.5, 2.0):
+        draws = sample(logits.expand(20000, -1), temperature=temperature, generator=torch.Generator().manual_seed(0))
+        freq = torch.bincount(draws, minlength=4).float() / len(draws)
+        torch.testing.assert_close(freq, (logits[0] / temperature).softmax(-1), atol=0.015, rtol=0)

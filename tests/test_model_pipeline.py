@@ -1,0 +1,182 @@
+"""STARPipeline and the model CLI on the tiny random base: seeds, batching, understanding, reasoning, bad inputs.
+
+Tolerance: generated codes are compared exactly (same seed / generator -> same integers); understanding answers
+are compared as exact strings and token ids.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from star.chat import reasoning_row
+from star.cli import main as cli_main
+from star.commands import DEFAULT_MODEL
+from star.generate import generate_codes
+from star.model import Condition
+from star.pipeline import STARPipeline
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def pipe(make_star):
+    return STARPipeline(make_star())
+
+
+def rgb(seed: int, size: tuple[int, int] = (64, 64)) -> Image.Image:
+    arr = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(arr, "RGB")
+
+
+PROMPTS = ["a red cube", "two green triangles above a yellow star on a white background"]
+
+
+def test_same_seed_same_codes_and_batch_rows_equal_solo_runs(pipe):
+    batch = pipe.text_to_image(PROMPTS, seed=7)
+    assert batch.codes.shape == (2, 4, 4) and batch.codes.dtype == torch.int64
+    assert [im.size for im in batch.images] == [(16, 16), (16, 16)] and batch.images[0].mode == "RGB"
+    assert torch.equal(pipe.text_to_image(PROMPTS, seed=7).codes, batch.codes), "same seed -> identical codes"
+    assert not torch.equal(pipe.text_to_image(PROMPTS, seed=8).codes, batch.codes), "another seed -> other codes"
+    # Row i of a batch uses seed + i: it equals a solo run of its prompt with that seed.
+    assert torch.equal(pipe.text_to_image(PROMPTS[0], seed=7).codes[0], batch.codes[0])
+    assert torch.equal(pipe.text_to_image(PROMPTS[1], seed=8).codes[0], batch.codes[1])
+    # num_images: images of one prompt are consecutive rows.
+    many = pipe.text_to_image(PROMPTS[1], num_images=2, seed=7)
+    assert torch.equal(many.codes[1], batch.codes[1]) and len(many.images) == 2
+    # An explicit list of generators works the same way.
+    gens = [torch.Generator().manual_seed(8), torch.Generator().manual_seed(7)]
+    swapped = pipe.text_to_image(PROMPTS[::-1], generator=gens)
+    assert torch.equal(swapped.codes, batch.codes.flip(0))
+
+
+def test_edit_batch_rows_equal_solo_runs(pipe):
+    images = [rgb(0, (64, 64)), rgb(1, (96, 64))]
+    prompts = ["make the cube blue", "remove the ball"]
+    batch = pipe.edit(images, prompts, seed=3)
+    assert batch.codes.shape == (2, 4, 4)
+    assert torch.equal(pipe.edit(images[0], prompts[0], seed=3).codes[0], batch.codes[0])
+    assert torch.equal(pipe.edit(images[1], prompts[1], seed=4).codes[0], batch.codes[1])
+    assert torch.equal(pipe.edit(images, prompts, seed=3).codes, batch.codes)
+
+
+def test_temperature_and_guidance_are_applied(pipe):
+    greedy = pipe.text_to_image(PROMPTS, temperature=0.0, guidance_scale=1.0, seed=1)
+    again = pipe.text_to_image(PROMPTS, temperature=0.0, guidance_scale=1.0, seed=2)
+    assert torch.equal(greedy.codes, again.codes), "temperature 0 is greedy: the seed does not matter"
+    hot = pipe.text_to_image(PROMPTS, temperature=1.0, guidance_scale=1.0, top_k=0, top_p=1.0, seed=1)
+    assert not torch.equal(hot.codes, greedy.codes), "temperature 1 samples"
+    guided = pipe.text_to_image(PROMPTS, temperature=0.0, guidance_scale=5.0)
+    assert not torch.equal(guided.codes, greedy.codes), "guidance changes the greedy codes"
+
+
+def _reference_generate(base_dir, image, question, max_new_tokens):
+    """The base model's own generate, on inputs built as HF's Qwen2.5-VL processor builds them."""
+    from transformers import AutoImageProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(base_dir).eval()
+    tok, ip = AutoTokenizer.from_pretrained(base_dir), AutoImageProcessor.from_pretrained(base_dir)
+    content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": question}]
+    text = tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+    inputs = {}
+    if image is not None:
+        inputs = dict(ip(images=[image], return_tensors="pt"))
+        n = int(inputs["image_grid_thw"].prod()) // ip.merge_size ** 2
+        text = text.replace("<|image_pad|>", "<|image_pad|>" * n)
+    ids = tok(text, return_tensors="pt", add_special_tokens=False)
+    inputs.update(ids, mm_token_type_ids=(ids["input_ids"] == model.config.image_token_id).int())
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    new = out[0, ids["input_ids"].shape[1]:]
+    return tok.decode(new, skip_special_tokens=True), new
+
+
+def test_understanding_equals_the_base_models_own_generate(pipe, tiny_base_dir):
+    image = rgb(5, (64, 48))
+    questions = ["what colour is the cube?", "how many shapes are there?"]
+    ref_image, ref_ids = _reference_generate(tiny_base_dir, image, questions[0], 8)
+    ref_text, _ = _reference_generate(tiny_base_dir, None, questions[1], 8)
+    assert len(ref_ids) > 0 and ref_image != _reference_generate(tiny_base_dir, None, questions[0], 8)[0], \
+        "the image changes the answer (so the comparison covers the ViT path)"
+    assert pipe.understand(image, questions[0], max_new_tokens=8) == [ref_image]
+    assert pipe.understand(None, questions[1], max_new_tokens=8) == [ref_text]
+    assert pipe.understand([image, None], questions, max_new_tokens=8) == [ref_image, ref_text], \
+        "a left-padded batch answers like solo runs"
+
+
+def test_implicit_reasoning_uses_the_base_answer_as_condition(pipe):
+    prompt = "what colour is the cube?"
+    out = pipe.text_to_image(prompt, reasoning=True, max_answer_tokens=6, seed=11)
+    answer = pipe.understand(None, prompt, max_new_tokens=6)[0]
+    assert out.answers == [answer]
+    row = reasoning_row(pipe.tokenizer, pipe.special, prompt, answer)
+    cond = Condition.from_rows([row], pipe.special.end_of_text)
+    d = pipe.model.config.sampling
+    expected = generate_codes(pipe.model, cond, 16, guidance_scale=d.guidance_scale, temperature=d.temperature,
+                              top_k=d.top_k, top_p=d.top_p, generator=[torch.Generator().manual_seed(11)])
+    assert torch.equal(out.codes.flatten(1), expected)
+
+
+def test_bad_inputs_raise_clear_errors(pipe, make_star, tmp_path, tiny_base_dir):
+    from star.base import FrozenBase
+    from star.model import STAR
+    from star.vq import VQConfig, VQModel
+
+    with pytest.raises(ValueError, match="empty"):
+        pipe.text_to_image("   ")
+    with pytest.raises(ValueError, match="too long.*max_prompt_tokens"):
+        pipe.text_to_image("red " * 200)
+    with pytest.raises(ValueError, match="RGB"):
+        pipe.edit(Image.new("RGBA", (32, 32)), "make the cube blue")
+    with pytest.raises(ValueError, match="RGB"):
+        pipe.understand(Image.new("L", (32, 32)), "what colour is the cube?")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"this is not a png")
+    with pytest.raises(ValueError, match="cannot decode"):
+        pipe.edit(broken, "make the cube blue")
+    with pytest.raises(ValueError, match="temperature"):
+        pipe.text_to_image("a red cube", temperature=-1.0)
+
+    other = tmp_path / "llava"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    with pytest.raises(ValueError, match="unknown base family 'llava'.*FAMILIES"):
+        FrozenBase.from_pretrained(other)
+
+    model = make_star()
+    small = VQModel(VQConfig(ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, attn_heads=1, z_channels=8, norm_groups=4,
+                             codebook_size=32, code_dim=8, resolution=16))
+    with pytest.raises(ValueError, match="VQ has 32 codes but the pixel head predicts 64"):
+        STAR(model.config, model.base, small)
+
+
+def test_cli_generate_edit_understand(make_star, tmp_path, capsys):
+    if not (DEFAULT_MODEL / "config.json").exists():
+        assert cli_main(["generate", "a red cube", "-o", str(tmp_path / "x.png")]) == 2
+        err = capsys.readouterr().err
+        assert "no default model is installed" in err and "--model" in err
+    folder = tmp_path / "star"
+    make_star().save_pretrained(folder)
+    common = ["--model", str(folder), "--device", "cpu"]
+    assert cli_main(["generate", "a red cube", "-o", str(tmp_path / "g.png"), "--seed", "1", "--top-k", "8",
+                     "--temperature", "0.7", "--guidance-scale", "2", "--num-images", "2", *common]) == 0
+    assert Image.open(tmp_path / "g_1.png").size == (16, 16)
+    rgb(0).save(tmp_path / "src.png")
+    assert cli_main(["edit", str(tmp_path / "src.png"), "make the cube blue", "-o", str(tmp_path / "e.png"),
+                     *common]) == 0
+    assert Image.open(tmp_path / "e.png").mode == "RGB"
+    capsys.readouterr()
+    assert cli_main(["understand", str(tmp_path / "src.png"), "what colour is the cube?", "--max-new-tokens", "4",
+                     *common]) == 0
+    assert capsys.readouterr().out.strip() == STARPipeline.from_pretrained(folder).understand(
+        rgb(0), "what colour is the cube?", max_new_tokens=4)[0].strip()
