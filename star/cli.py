@@ -1,7 +1,8 @@
 """`star` command line: a table from subcommand to the module that defines it.
 
 Each entry names a module exposing `add_arguments(parser)` and `run(args) -> int | None`; modules are imported
-only when their subcommand runs, so `star --help` stays fast and a broken optional part never blocks the rest.
+only when their command runs, so `star --help` stays fast and a broken optional part never blocks the rest.
+The longest command path that prefixes the arguments wins (`star train vq ...` before `star train ...`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-# (command path, module, one-line help). A two-word path ("shapes render") makes a nested subcommand.
+# (command path, module, one-line help). A two-word path ("shapes render") makes a nested command.
 COMMANDS: list[tuple[str, str, str]] = [
     ("shapes render", "star.shapes.cli_render", "render a ShapeWorld scene (demo, JSON spec or random) to PNG"),
     ("generate", "star.commands.generate", "generate an image from a text prompt"),
@@ -23,45 +24,42 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("train stage", "star.training.cli", "train a stage (--stage NAME; one process or under torchrun)"),
     ("train vq", "star.vq_train", "train the image tokenizer (VQ) on ShapeWorld or an image folder"),
     ("eval vq", "star.vq_eval", "tokenizer metrics: PSNR, SSIM, codebook usage/perplexity, ShapeWorld round trip"),
+    ("eval shapes", "star.eval_shapes", "generate with a STAR model and score it on ShapeWorld benchmarks"),
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="star", description="STAR: understand, generate and edit images.")
-    groups: dict[str, argparse._SubParsersAction] = {}
-    top = parser.add_subparsers(dest="command", metavar="COMMAND")
-    groups[""] = top
-    for path, module, help_text in COMMANDS:
+def _overview() -> str:
+    width = max(len(path) for path, _, _ in COMMANDS)
+    lines = [f"  star {path:<{width}}  {help_text}" for path, _, help_text in COMMANDS]
+    return "usage: star COMMAND [options]   (star COMMAND --help for its options)\n\ncommands:\n" + "\n".join(lines)
+
+
+def find_command(argv: list[str]) -> tuple[str, str] | None:
+    """The (path, module) whose words start `argv`, preferring the longest path."""
+    best = None
+    for path, module, _ in COMMANDS:
         words = path.split()
-        for depth in range(1, len(words)):
-            prefix = " ".join(words[:depth])
-            if prefix not in groups:
-                sub = groups[" ".join(words[: depth - 1])].add_parser(words[depth - 1], help=f"{prefix} commands")
-                groups[prefix] = sub.add_subparsers(dest=f"command_{depth}", metavar="COMMAND")
-        leaf = groups[" ".join(words[:-1])].add_parser(words[-1], help=help_text, description=help_text)
-        leaf.set_defaults(_module=module)
-        leaf.set_defaults(_lazy_args=True)
-    return parser
+        if argv[: len(words)] == words and (best is None or len(words) > len(best[0].split())):
+            best = (path, module)
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    # First pass finds the subcommand; its module then adds its own arguments and we parse again.
-    known, _ = parser.parse_known_args(argv)
-    module_name = getattr(known, "_module", None)
-    if module_name is None:
-        parser.print_help()
-        return 2
+    found = find_command(argv)
+    if found is None:
+        print(_overview(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    path, module_name = found
     module = importlib.import_module(module_name)
-    words = [w for path, mod, _ in COMMANDS if mod == module_name for w in path.split()]
-    sub = argparse.ArgumentParser(prog="star " + " ".join(words), description=module.__doc__)
-    module.add_arguments(sub)
-    args = sub.parse_args(argv[len(words):])
+    help_text = next(h for p, _, h in COMMANDS if p == path)
+    parser = argparse.ArgumentParser(prog=f"star {path}", description=help_text)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[len(path.split()):])
     try:
         return int(module.run(args) or 0)
     except (ValueError, FileNotFoundError, KeyError) as exc:  # user errors: one clear line, no traceback
-        print(f"star {' '.join(words)}: error: {exc}", file=sys.stderr)
+        print(f"star {path}: error: {exc}", file=sys.stderr)
         return 2
 
 
