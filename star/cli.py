@@ -21,8 +21,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("shapes prompts", "star.shapes.cli_prompts", "print or write a ShapeWorld benchmark prompt set (JSONL)"),
     ("shapes dataset", "star.shapes.cli_data", "write a ShapeWorld training dataset (star-records format)"),
     ("shapes score", "star.shapes.cli_score", "score images with the exact ShapeWorld judges (geneval, imgedit, vqa)"),
-    ("train stage", "star.training.cli", "train a stage (--stage NAME; one process or under torchrun)"),
-    ("train vq", "star.vq_train", "train the image tokenizer (VQ) on ShapeWorld or an image folder"),
+    ("train", "star.training.cli", "train a stage (STAGE: understanding, vq, generation, editing) or a recipe"),
+    ("tokenize", "star.training.tokenize", "pre-tokenise a dataset's images into VQ codes (codes.safetensors)"),
     ("eval vq", "star.vq_eval", "tokenizer metrics: PSNR, SSIM, codebook usage/perplexity, ShapeWorld round trip"),
     ("eval shapes", "star.eval_shapes", "generate with a STAR model and score it on ShapeWorld benchmarks"),
 ]
