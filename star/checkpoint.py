@@ -25,42 +25,31 @@ else, and any missing tensor, stops the conversion with a report. `VQ-Model.pt` 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from star.config import STARConfig
+from star.io import atomic_save, atomic_write
 from star.vq import LoadReport
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def _save_weights(state: dict[str, Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp, metadata={"format": "pt",
-                                                                                          "star": "model"})
-    os.replace(tmp, path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", "star": "model"}))
 
 
 def save_folder(config: STARConfig, state: dict[str, Tensor], directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(config.to_dict(), indent=2) + "\n").encode())
+    atomic_write(directory / CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")
     _save_weights(state, directory / WEIGHTS_NAME)
     return directory
 

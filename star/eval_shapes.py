@@ -35,12 +35,13 @@ from typing import Callable, Literal, Protocol
 
 from PIL import Image, ImageDraw, ImageFont
 
+from star.io import atomic_write
 from star.shapes import geneval, imgedit, vocab, vqa
 from star.shapes.cli_prompts import build as build_benchmark
 from star.shapes.edits import EditItem, render_source
 from star.shapes.render import render
 from star.shapes.scene import Scene
-from star.shapes.text import WISE_CATEGORIES, geneval_prompts, wise_answer_prompt, write_jsonl, write_text_atomic
+from star.shapes.text import WISE_CATEGORIES, geneval_prompts, wise_answer_prompt, write_jsonl
 
 SUITES: tuple[str, ...] = ("geneval", "imgedit", "vqa", "wise")
 Suite = Literal["geneval", "imgedit", "vqa", "wise"]
@@ -154,7 +155,7 @@ def _save_png(image: Image.Image, path: Path) -> None:
 
 
 def _write_json(path: Path, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+    atomic_write(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -652,7 +653,7 @@ def write_report(summary: dict, path: Path) -> Path:
         lines += [f"Errors ({len(s['errors'])}, first 10; missing outputs score as wrong):", ""]
         lines += [f"- {json.dumps(e)}" for e in s["errors"][:10]] + [""]
     lines += [f"![samples]({s['grid']})", "", "Files: " + ", ".join(f"`{f}`" for f in s["files"]) + "."]
-    write_text_atomic(path, "\n".join(lines) + "\n")
+    atomic_write(path, "\n".join(lines) + "\n")
     return path
 
 

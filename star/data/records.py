@@ -28,13 +28,14 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
+
+from star.io import atomic_write
 
 FORMAT = "star-records-1"
 MANIFEST = "manifest.json"
@@ -91,16 +92,6 @@ def validate_record(record) -> str | None:
     return None
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -152,7 +143,7 @@ class RecordWriter:
         if rel not in self._images:
             buf = io.BytesIO()
             image.save(buf, format="PNG")
-            _atomic_write_bytes(self.root / rel, buf.getvalue())
+            atomic_write(self.root / rel, buf.getvalue())
             self._images.add(rel)
         return rel
 
@@ -219,7 +210,7 @@ class RecordWriter:
             "num_images": len(self._images),
             "meta": self.meta,
         }
-        _atomic_write_bytes(self.root / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+        atomic_write(self.root / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
         self.closed = True
         return manifest
 
@@ -259,7 +250,7 @@ def build_manifest(root: str | os.PathLike, meta: dict | None = None) -> dict:
                     counts[kind] = counts.get(kind, 0) + 1
     manifest = {"format": FORMAT, "shards": shards, "counts": counts, "num_records": sum(counts.values()),
                 "meta": dict(meta or {})}
-    _atomic_write_bytes(root / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+    atomic_write(root / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
     return manifest
 
 

@@ -40,9 +40,9 @@ def _need(args, *names: str) -> None:
 
 
 def _write_json(path: str, obj) -> None:
-    from star.shapes.geneval import _write_atomic
+    from star.io import atomic_write
 
-    _write_atomic(path, json.dumps(obj, indent=2) + "\n")
+    atomic_write(path, json.dumps(obj, indent=2) + "\n")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, fields
 from typing import Callable, Iterable
 
@@ -28,8 +27,9 @@ import numpy as np
 from PIL import Image, ImageColor, ImageOps
 from scipy import ndimage
 
-from star.shapes import vocab
+from star.io import atomic_write
 from star.shapes import parse as shape_parse
+from star.shapes import vocab
 from star.shapes.scene import relative_position as _relative_position
 
 COLORS = ["red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white"]  # GenEval's order
@@ -376,7 +376,7 @@ def write_geneval_folder(outdir: str | os.PathLike, items: Iterable[tuple[dict, 
         outpath = os.path.join(outdir, f"{index:0>5}")
         sample_path = os.path.join(outpath, "samples")
         os.makedirs(sample_path, exist_ok=True)
-        _write_atomic(os.path.join(outpath, "metadata.jsonl"), json.dumps(metadata))
+        atomic_write(os.path.join(outpath, "metadata.jsonl"), json.dumps(metadata))
         for k, image in enumerate(images):
             path = os.path.join(sample_path, f"{k:04}.png")
             tmp = path + ".tmp"
@@ -386,22 +386,11 @@ def write_geneval_folder(outdir: str | os.PathLike, items: Iterable[tuple[dict, 
     return written
 
 
-def _write_atomic(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def write_results(results: list[dict], path: str | os.PathLike) -> None:
     """results.jsonl: one JSON object per line with GenEval's fields, in GenEval's order."""
-    _write_atomic(os.fspath(path), "".join(json.dumps({k: r[k] for k in RESULT_FIELDS}) + "\n" for r in results))
+    atomic_write(os.fspath(path), "".join(json.dumps({k: r[k] for k in RESULT_FIELDS}) + "\n" for r in results))
 
 
 def read_results(path: str | os.PathLike) -> list[dict]:

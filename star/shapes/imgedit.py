@@ -490,16 +490,16 @@ def score_folder(items_path: str | os.PathLike, images_dir: str | os.PathLike) -
 def write_official(results: list[dict], summary: dict, out_dir: str | os.PathLike) -> None:
     """ImgEdit's intermediate files: result.json (key → judge-format text), average_score.json, typescore.json;
     plus summary.json and results.jsonl (everything per item)."""
-    from star.shapes.geneval import _write_atomic
+    from star.io import atomic_write
 
     out_dir = os.fspath(out_dir)
-    _write_atomic(os.path.join(out_dir, "result.json"),
+    atomic_write(os.path.join(out_dir, "result.json"),
                   json.dumps({r["key"]: r["response"] for r in results}, indent=4))
-    _write_atomic(os.path.join(out_dir, "average_score.json"),
+    atomic_write(os.path.join(out_dir, "average_score.json"),
                   json.dumps({r["key"]: r["sample"] for r in results}, indent=2))
-    _write_atomic(os.path.join(out_dir, "typescore.json"), json.dumps(summary["types"], indent=2))
-    _write_atomic(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=2))
-    _write_atomic(os.path.join(out_dir, "results.jsonl"), "".join(json.dumps(r) + "\n" for r in results))
+    atomic_write(os.path.join(out_dir, "typescore.json"), json.dumps(summary["types"], indent=2))
+    atomic_write(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=2))
+    atomic_write(os.path.join(out_dir, "results.jsonl"), "".join(json.dumps(r) + "\n" for r in results))
 
 
 __all__ = ["EDIT_TYPES", "SUBSCORE_NAMES", "match", "score_item", "summarize", "read_items", "score_folder",

@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 
+from star.io import atomic_write
 from star.shapes import vocab
 from star.shapes.sample import Split, check_split, heldout_pair, heldout_relation, is_heldout
 from star.shapes.scene import Obj, Scene, relation_margin, relative_position
@@ -124,24 +124,11 @@ def random_geneval_metadata(rng: np.random.Generator, tag: str | None = None, sp
     raise RuntimeError(f"could not draw a non-held-out {tag} prompt")  # unreachable with the shipped split
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` atomically (temp file in the same folder + os.replace)."""
-    path = os.path.abspath(os.fspath(path))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
     """Write one JSON object per line, atomically."""
-    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
+    atomic_write(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def write_geneval_metadata(path: str | os.PathLike, prompts: list[dict] | None = None) -> str:
@@ -152,7 +139,7 @@ def write_geneval_metadata(path: str | os.PathLike, prompts: list[dict] | None =
     if os.path.isdir(path) or not path.endswith(".jsonl"):
         path = os.path.join(path, "evaluation_metadata.jsonl")
     write_jsonl(path, prompts)
-    write_text_atomic(os.path.join(os.path.dirname(os.path.abspath(path)), "generation_prompts.txt"),
+    atomic_write(os.path.join(os.path.dirname(os.path.abspath(path)), "generation_prompts.txt"),
                       "".join(p["prompt"] + "\n" for p in prompts))
     return path
 
