@@ -97,6 +97,18 @@ def test_parser_exact_on_200_random_clean_scenes():
     assert not bad, f"{len(bad)} of 200 clean scenes misparsed, e.g. {bad[0].to_json()}"
 
 
+@pytest.mark.slow
+def test_parser_accuracy_on_2000_random_scenes_clean_and_degraded():
+    """The issue's bar: >= 99.5% of 2,000 scenes exact when clean, >= 98% after blur sigma=1 px + JPEG q75.
+
+    A scene counts only if class, colour, count, centre and every pairwise relation match (roundtrip_report)."""
+    batch = scenes(2000, seed=2024)
+    clean = sum(roundtrip_ok(s, render(s, 128)) for s in batch) / len(batch)
+    degraded = sum(roundtrip_ok(s, degrade(render(s, 128))) for s in batch) / len(batch)
+    assert clean >= 0.995, f"clean accuracy {clean:.4f} < 0.995"
+    assert degraded >= 0.98, f"blur+JPEG accuracy {degraded:.4f} < 0.98"
+
+
 def test_parser_confidence_clears_the_counting_threshold_on_clean_renders():
     confs = [p.confidence for s in scenes(40, seed=2) for p in parse(render(s, 128)).objects]
     assert min(confs) > 0.9  # GenEval's counting_threshold
