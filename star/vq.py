@@ -3,7 +3,7 @@
 Data flow (first and last stage of STAR):
 
     images (B, 3, H, W) in [-1, 1] ─▶ Encoder ─▶ (B, z, h, w) ─▶ quant_conv ─▶ (B, d, h, w)
-        ─▶ VectorQuantizer ─▶ codes (B, h, w) int64 in [0, K)                    h = H / f, w = W / f, f = 2**(levels-1)
+        ─▶ VectorQuantizer ─▶ codes (B, h, w) int64 in [0, K)          h = H / f, w = W / f, f = 2**(levels - 1)
     codes ─▶ embed ─▶ (B, h, w, d) ─▶ post_quant_conv ─▶ (B, z, h, w) ─▶ Decoder ─▶ images (B, 3, H, W)
 
 Public API (stable; the STAR model and the pipeline call only these):
@@ -152,8 +152,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "star-vq": dict(ch=256, ch_mult=(1, 2, 2, 4, 8), num_res_blocks=2, decoder_res_blocks=3, attn_heads=8,
                     z_channels=512, codebook_size=65536, code_dim=512, codebook_l2_norm=False, resolution=384),
     # ShapeWorld: 128^2 -> 8x8 = 64 codes, one per 16-px grid cell; sized to train on 2 CPU cores (see docs/vq.md).
-    "shapes": dict(ch=32, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=1, decoder_res_blocks=1, attn_heads=4,
-                   z_channels=64, codebook_size=512, code_dim=16, codebook_l2_norm=False, resolution=128),
+    "shapes": dict(ch=16, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=1, decoder_res_blocks=1, attn_heads=4,
+                   z_channels=64, norm_groups=16, codebook_size=512, code_dim=8, codebook_l2_norm=True,
+                   resolution=128),
 }
 
 
@@ -259,7 +260,8 @@ class Encoder(nn.Module):
             if i != levels - 1:
                 level.downsample = Downsample(block_in)
             self.conv_blocks.append(level)
-        self.mid = nn.ModuleList([ResnetBlock(block_in, block_in, g, cfg.dropout), AttnBlock(block_in, g, cfg.attn_heads),
+        self.mid = nn.ModuleList([ResnetBlock(block_in, block_in, g, cfg.dropout),
+                                  AttnBlock(block_in, g, cfg.attn_heads),
                                   ResnetBlock(block_in, block_in, g, cfg.dropout)])
         self.norm_out = _norm(block_in, g)
         self.conv_out = nn.Conv2d(block_in, cfg.z_channels, 3, padding=1)
@@ -286,7 +288,8 @@ class Decoder(nn.Module):
         g, levels = cfg.norm_groups, len(cfg.ch_mult)
         block_in = cfg.ch * cfg.ch_mult[-1]
         self.conv_in = nn.Conv2d(cfg.z_channels, block_in, 3, padding=1)
-        self.mid = nn.ModuleList([ResnetBlock(block_in, block_in, g, cfg.dropout), AttnBlock(block_in, g, cfg.attn_heads),
+        self.mid = nn.ModuleList([ResnetBlock(block_in, block_in, g, cfg.dropout),
+                                  AttnBlock(block_in, g, cfg.attn_heads),
                                   ResnetBlock(block_in, block_in, g, cfg.dropout)])
         self.conv_blocks = nn.ModuleList()
         for i in reversed(range(levels)):
@@ -464,6 +467,16 @@ class VQModel(nn.Module):
         self.quantize = VectorQuantizer(config)
         self.quant_conv = nn.Conv2d(config.z_channels, config.code_dim, 1)
         self.post_quant_conv = nn.Conv2d(config.code_dim, config.z_channels, 1)
+        self.reset_conv_parameters()
+
+    def reset_conv_parameters(self) -> None:
+        """Variance-preserving conv init (std = 1/sqrt(fan_in), zero bias). PyTorch's default shrinks the signal by
+        ~sqrt(3) per conv, and the image reaches the output through ~13 convs without a residual (resampling, in/out
+        and code projections), so a fresh model would start with almost no signal path and a long plateau."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="linear")
+                nn.init.zeros_(module.bias)
 
     # --- checks -------------------------------------------------------------
     def _check_images(self, images: Tensor) -> None:

@@ -196,8 +196,12 @@ def save(
     trainer_state: dict[str, Any],
     env: Dist,
     keep: int,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write checkpoint `step` atomically on every rank (a collective), then keep only the newest `keep`."""
+    """Write checkpoint `step` atomically on every rank (a collective), then keep only the newest `keep`.
+
+    `extra` maps names to dicts of tensors saved next to the model (e.g. {"ema": averages}); `load` restores them in
+    place."""
     import torch.distributed.checkpoint as dcp
 
     final = step_dir(root, step)
@@ -207,7 +211,8 @@ def save(
         tmp.mkdir(parents=True)
     barrier(env)
     with _single_process_quiet():
-        dcp.save(_dcp_state(model, optimizer, frozen), checkpoint_id=tmp / "state", no_dist=not dist.is_initialized())
+        dcp.save({**_dcp_state(model, optimizer, frozen), **(extra or {})}, checkpoint_id=tmp / "state",
+                 no_dist=not dist.is_initialized())
     rng_path = tmp / f"rng_rank{env.rank}.pt"
     with open(rng_path, "wb") as f:
         torch.save(rng_state(), f)
@@ -236,12 +241,15 @@ def read_trainer_state(path: Path) -> dict[str, Any]:
         return json.load(f)
 
 
-def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, frozen: tuple[str, ...], env: Dist) -> dict:
-    """Restore model, optimizer and (when the world size matches) this rank's RNG state; return trainer_state."""
+def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, frozen: tuple[str, ...], env: Dist,
+         extra: dict[str, Any] | None = None) -> dict:
+    """Restore model, optimizer, `extra` (in place) and (when the world size matches) this rank's RNG state; return
+    trainer_state."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
     state = _dcp_state(model, optimizer, frozen)  # the right keys, shapes and shardings to load into
+    state.update(extra or {})
     try:
         with _single_process_quiet():
             dcp.load(state, checkpoint_id=path / "state", no_dist=not dist.is_initialized())

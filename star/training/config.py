@@ -92,6 +92,9 @@ class TrainConfig:
     """Show a tqdm progress bar on rank 0."""
     export: bool = True
     """At the end, call stage.export(model, out_dir/export) on rank 0."""
+    ema_decay: float = 0.0
+    """EMA of the trainable weights (0 = off): kept and checkpointed during the run, exported instead of the raw
+    weights; the decay ramps as min(ema_decay, (1 + n) / (10 + n)) over the n updates (star/training/ema.py)."""
     stage_options: dict[str, Any] = field(default_factory=dict)
     """Stage-specific settings (data paths, model preset, ...), validated by the stage itself."""
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -116,6 +119,8 @@ class TrainConfig:
             allowed = typing.get_args(Precision if name == "precision" else Parallel)
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
         if not isinstance(self.stage_options, dict):
             raise ValueError(f"stage_options must be a dict, got {type(self.stage_options).__name__}")
 

@@ -70,8 +70,45 @@ def _toy() -> Stage:
     return ToyStage()
 
 
-# name -> factory; factories import lazily so `star train --stage X` never imports another stage's model code.
+def _vq() -> Stage:
+    from star.training.stage_vq import VQStage
+
+    return VQStage()
+
+
+def _understanding() -> Stage:
+    from star.training.stage_understanding import UnderstandingStage
+
+    return UnderstandingStage()
+
+
+def _generation() -> Stage:
+    from star.training.stage_generation import GenerationStage
+
+    return GenerationStage("generation")
+
+
+def _editing() -> Stage:
+    from star.training.stage_generation import GenerationStage
+
+    return GenerationStage("editing")
+
+
+# name -> factory; factories import lazily so `star train X` never imports another stage's model code.
+#
+# | stage         | trains                                   | frozen                     | data                    |
+# |---------------|------------------------------------------|----------------------------|-------------------------|
+# | understanding | the base VLM (ViT + LM + LM head)        | -                          | vqa, caption, text_qa   |
+# | vq            | the tokenizer (encoder, codebook, dec.)  | -                          | images                  |
+# | generation    | top stack, pixel adapter, pixel head     | base, VQ                   | t2i                     |
+# | editing       | top stack (a new one with new_stack),    | base, VQ, earlier stacks   | edit + t2i              |
+# |               | adapter (train_adapter), head            |                            |                         |
+# | toy           | adapter, head                            | a random MLP               | synthetic               |
 STAGES: dict[str, Callable[[], Stage]] = {
+    "understanding": _understanding,
+    "vq": _vq,
+    "generation": _generation,
+    "editing": _editing,
     "toy": _toy,
 }
 

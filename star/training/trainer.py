@@ -18,6 +18,7 @@ from torch import nn
 
 from star.training import checkpointing, parallel
 from star.training.config import TrainConfig, to_dict
+from star.training.ema import EMA
 from star.training.optim import build_optimizer, lr_at, set_lr
 from star.training.runlog import RunLog, plot_loss_curve, read_log
 from star.training.stages import Stage
@@ -149,8 +150,15 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
     optimizer = build_optimizer(model, config.optim)  # after wrapping: FSDP2 replaced the parameters by shards
     trainable_params = [p for p in model.parameters() if p.requires_grad]
     step, position, skipped, consecutive = 0, 0, 0, 0  # position: samples of the global stream consumed
+    ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
+    extra = {"ema": ema.shadow} if ema is not None else None
     if resume_from is not None:
-        state = checkpointing.load(resume_from, model, optimizer, stage.frozen, env)
+        if ema is not None and "ema_updates" not in checkpointing.read_trainer_state(resume_from):
+            raise ValueError(f"{resume_from} has no EMA weights (the run started with ema_decay=0); resume with "
+                             "ema_decay=0 or start a new run")
+        state = checkpointing.load(resume_from, model, optimizer, stage.frozen, env, extra=extra)
+        if ema is not None:
+            ema.updates = state["ema_updates"]
         if state["stage"] != stage.name:
             raise ValueError(f"{resume_from} was written by stage {state['stage']!r}, not {stage.name!r}")
         if state["frozen_sha256"] != frozen_sha:
@@ -181,8 +189,10 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
             "stage": stage.name,
             "frozen_sha256": frozen_sha,
             "config": to_dict(config),
+            **({"ema_updates": ema.updates} if ema is not None else {}),
         }
-        checkpointing.save(ckpt_root, step, model, optimizer, stage.frozen, trainer_state, env, config.keep_checkpoints)
+        checkpointing.save(ckpt_root, step, model, optimizer, stage.frozen, trainer_state, env, config.keep_checkpoints,
+                           extra=extra)
         if env.is_main:
             plot_loss_curve(read_log(log.path), out / "loss.png", title=f"{stage.name}: {out.name}")
 
@@ -231,6 +241,8 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
         finite = math.isfinite(grad_norm) and math.isfinite(step_loss)
         if finite:
             optimizer.step()
+            if ema is not None:
+                ema.update()
             consecutive = 0
         else:
             skipped += 1
@@ -282,6 +294,9 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
     # Export the trained parts (a plain, unsharded module on rank 0)
     export_dir = out / "export"
     if config.export:
+        if ema is not None:
+            ema.copy_to_model()  # the run is over (its last checkpoint holds the raw weights): export the averages
+            _print0(env, f"exporting the EMA weights (decay {config.ema_decay}, {ema.updates} updates)")
         if mode == "fsdp":
             full = checkpointing.full_trainable_state(model, stage.frozen)  # collective; tensors on rank 0 only
             if env.is_main:

@@ -1,0 +1,574 @@
+"""Training recipes: the whole STAR pipeline as data, and the runner that executes one end to end.
+
+A recipe is a Python function `recipe(out) -> Recipe`; `Recipe.stages` is the ordered list of
+`(stage name, TrainConfig, data spec)` entries (`RecipeStage`), and the recipe also names what the stages start from
+(the base, the VQ) and the ShapeWorld datasets they read. `run_recipe` then does, in order, skipping whatever is
+already done (`--resume`):
+
+    OUT/base-init/      the untrained tiny base (star.tiny_base, tokenizer trained on ShapeWorld text)   [shapes*]
+    OUT/data/<name>/    ShapeWorld star-records datasets (the `star shapes dataset` generators), pre-tokenised
+                        with the recipe's VQ where the stages want codes (`star tokenize`)
+    OUT/understanding/  stage run (checkpoints, log.jsonl, loss.png, export/)  ─▶ published as OUT/base/
+    OUT/vq-train/       the vq stage run, only when no trained VQ is given      ─▶ published as OUT/vq/
+    OUT/generation/     stage run; OUT/editing/ continues from its export
+    OUT/model/          the final STAR folder: config.json (base = "../base", vq = "../vq") + model.safetensors;
+                        `STARPipeline.from_pretrained(OUT/model)` / `star generate --model OUT/model` load it
+
+The VQ stage's run folder is OUT/vq-train/ rather than OUT/vq/ because OUT/vq/ is the tokenizer folder the model
+references. A stage counts as done when OUT/<run>/DONE exists (written after its export was published); the running
+stage resumes from its own newest checkpoint. Recipes:
+
+    shapes        the shipped ShapeWorld model, sized for <= 150 min on 2 CPU cores (docs/training.md explains)
+    shapes-quick  the same pipeline with tiny budgets (a few minutes; used by the tests)
+    star-3b/-7b   paper-scale configs for GPU clusters (Qwen2.5-VL base from a folder, STAR-VQ); documented, not run
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from star.io import atomic_write
+from star.training.config import TrainConfig, apply_overrides, from_dict, to_dict
+
+DONE = "DONE"
+
+
+# -----------------------------------------------------------------------------
+# What a recipe is
+
+
+@dataclass(kw_only=True)
+class TinyBaseSpec:
+    """Sizes of the tiny ShapeWorld base (star.tiny_base.build_tiny_base keyword arguments)."""
+
+    vocab_size: int = 1024
+    hidden_size: int = 256
+    intermediate_size: int = 768
+    num_layers: int = 6
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    vision_hidden_size: int = 128
+    vision_intermediate_size: int = 384
+    vision_depth: int = 4
+    vision_heads: int = 2
+    patch_size: int = 8
+    merge_size: int = 2
+    image_size: int = 128
+    initializer_range: float = 0.02
+    seed: int = 0
+
+
+@dataclass(kw_only=True)
+class DatasetSpec:
+    """A ShapeWorld dataset the recipe writes when absent (what `star shapes dataset` writes, per kind)."""
+
+    kinds: dict[str, int]
+    """Records per kind (t2i, edit, vqa, caption, text_qa)."""
+    seed: int = 0
+    """Generator seed (kind k uses default_rng([seed, k]), as `star shapes dataset`)."""
+    resolution: int = 128
+    """Image side."""
+    wise_reasoning: int = 0
+    """Extra text_qa records teaching implicit reasoning: ShapeWISE train-split knowledge prompt -> the plain
+    prompt that answers it (star.shapes.text.wise_answer_prompt), meta.task = "wise_reasoning"."""
+    tokenize: bool = False
+    """Pre-tokenise its t2i / edit images with the recipe's VQ (`star tokenize`) before the stages read it."""
+
+
+class RecipeStage(NamedTuple):
+    """One entry of a recipe: (stage name, TrainConfig, data spec = names of the recipe datasets it reads)."""
+
+    stage: str
+    config: TrainConfig
+    data: tuple[str, ...]
+
+
+@dataclass(kw_only=True)
+class Recipe:
+    name: str
+    out: str
+    base: TinyBaseSpec | str
+    """A tiny base to build (and train in the understanding stage), or the folder of a released base (used as is)."""
+    vq: str
+    """'shipped' (star/assets/vq-shapes, or the vq stage when it is absent), 'train' (always the vq stage), or the
+    path of a trained VQ folder / upstream VQ-Model.pt."""
+    datasets: dict[str, DatasetSpec] = field(default_factory=dict)
+    stages: list[RecipeStage] = field(default_factory=list)
+    notes: str = ""
+
+    def __iter__(self) -> Iterator[RecipeStage]:
+        return iter(self.stages)
+
+    def stage(self, name: str) -> RecipeStage:
+        for s in self.stages:
+            if s.stage == name:
+                return s
+        raise KeyError(f"recipe {self.name!r} has no stage {name!r}; stages: {[s.stage for s in self.stages]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "out": self.out,
+                "base": dataclasses.asdict(self.base) if isinstance(self.base, TinyBaseSpec) else self.base,
+                "vq": self.vq, "datasets": {k: dataclasses.asdict(v) for k, v in self.datasets.items()},
+                "stages": [{"stage": s.stage, "data": list(s.data), "config": to_dict(s.config)} for s in self.stages]}
+
+
+def run_dir(out: Path, stage: str) -> Path:
+    """The run folder of a stage inside a recipe's OUT (the vq stage runs in OUT/vq-train: OUT/vq is its product)."""
+    return out / ("vq-train" if stage == "vq" else stage)
+
+
+def _config(stage: str, out: Path, **fields) -> TrainConfig:
+    """A stage's default config with recipe fields (nested dicts for optim / stage_options) on top."""
+    from star.training.stages import get_stage
+
+    base = to_dict(get_stage(stage).default_config())
+    optim = {**base["optim"], **fields.pop("optim", {})}
+    options = {**base["stage_options"], **fields.pop("stage_options", {})}
+    return from_dict(TrainConfig, {**base, **fields, "optim": optim, "stage_options": options,
+                                   "out_dir": str(run_dir(out, stage))})
+
+
+# -----------------------------------------------------------------------------
+# The recipes
+
+
+def shapes(out: str = "runs/shapes") -> Recipe:
+    """The shipped ShapeWorld model (<= 150 min on 2 CPU cores; sizes justified in docs/training.md).
+
+    Budget at the rates measured on one core of the 2-core machine (docs/training.md): data ~4 min, pre-tokenising
+    ~11 min, understanding ~23 min, generation ~72 min, editing ~20 min, about 130 min in all. Generation gets most
+    of the time because ShapeGenEval is the hardest target; EMA + greedy decoding with CFG 3 is the shipped sampling
+    (research/feasibility2.md). The vq stage runs only when the shipped tokenizer is missing (then add ~14 min).
+    """
+    o = Path(out)
+    sampling = {"guidance_scale": 3.0, "top_k": 1, "top_p": 1.0, "temperature": 1.0}
+    return Recipe(
+        name="shapes", out=out,
+        base=TinyBaseSpec(),
+        vq="shipped",
+        datasets={
+            "understanding": DatasetSpec(kinds={"vqa": 24_000, "caption": 3_000, "text_qa": 1_500}, seed=101,
+                                         wise_reasoning=3_000),
+            "t2i": DatasetSpec(kinds={"t2i": 24_000}, seed=102, tokenize=True),
+            "edit": DatasetSpec(kinds={"edit": 4_000}, seed=103, tokenize=True),
+            "vq": DatasetSpec(kinds={"t2i": 3_000, "edit": 1_000}, seed=104),
+        },
+        stages=[
+            RecipeStage("understanding", _config(
+                "understanding", o, steps=300, batch_size=32, checkpoint_every=50,
+                optim=dict(lr=1e-3, min_lr=1e-4, warmup_steps=60, weight_decay=0.05),
+                stage_options=dict(base=str(o / "base-init"), data=[str(o / "data" / "understanding")],
+                                   max_turns=8)), ("understanding",)),
+            RecipeStage("vq", _config(
+                "vq", o, steps=1_500, batch_size=8, checkpoint_every=250,
+                stage_options=dict(data=str(o / "data" / "vq"), preset="shapes")), ("vq",)),
+            RecipeStage("generation", _config(
+                "generation", o, steps=2_400, batch_size=32, checkpoint_every=200, ema_decay=0.999,
+                optim=dict(lr=5e-4, min_lr=5e-5, warmup_steps=100, weight_decay=0.05),
+                stage_options=dict(base=str(o / "base"), vq=str(o / "vq"), data=[str(o / "data" / "t2i")],
+                                   stack_layers=4, adapter_depth=2, train_adapter=True, cfg_dropout=0.1,
+                                   sampling=sampling)), ("t2i",)),
+            RecipeStage("editing", _config(
+                "editing", o, steps=300, batch_size=32, checkpoint_every=50, ema_decay=0.995,
+                optim=dict(lr=3e-4, min_lr=3e-5, warmup_steps=50, weight_decay=0.05),
+                stage_options=dict(base=str(o / "base"), vq=str(o / "vq"), init=str(o / "generation" / "export"),
+                                   data=[str(o / "data" / "edit"), str(o / "data" / "t2i")],
+                                   kind_weights={"edit": 0.75, "t2i": 0.25}, train_adapter=False,
+                                   cfg_dropout=0.1, sampling=sampling)), ("edit", "t2i")),
+        ],
+        notes="sizes and measured rates: docs/training.md, 'The shapes recipe'",
+    )
+
+
+QUICK_VQ = dict(ch=8, ch_mult=[1, 2, 2, 2], num_res_blocks=1, decoder_res_blocks=1, attn_heads=1, z_channels=8,
+                norm_groups=4, codebook_size=64, code_dim=8, resolution=32)
+
+
+def shapes_quick(out: str = "runs/shapes-quick") -> Recipe:
+    """The shapes pipeline end to end on tiny budgets (a few minutes on 2 CPU cores). Trains its own tiny VQ
+    (32 px -> 4x4 codes) so its time does not depend on the shipped tokenizer; not a useful model."""
+    o = Path(out)
+    sampling = {"guidance_scale": 3.0, "top_k": 1, "top_p": 1.0, "temperature": 1.0}
+    quick_optim = dict(warmup_steps=5)
+    return Recipe(
+        name="shapes-quick", out=out,
+        base=TinyBaseSpec(vocab_size=800, hidden_size=64, intermediate_size=128, num_layers=4, num_heads=4,
+                          num_kv_heads=2, vision_hidden_size=32, vision_intermediate_size=64, vision_depth=2,
+                          vision_heads=2, patch_size=8, merge_size=2, image_size=64),
+        vq="train",
+        datasets={
+            "understanding": DatasetSpec(kinds={"vqa": 120, "caption": 30, "text_qa": 30}, seed=101,
+                                         wise_reasoning=30, resolution=64),
+            "t2i": DatasetSpec(kinds={"t2i": 120}, seed=102, resolution=64, tokenize=True),
+            "edit": DatasetSpec(kinds={"edit": 60}, seed=103, resolution=64, tokenize=True),
+            "vq": DatasetSpec(kinds={"t2i": 60}, seed=104, resolution=64),
+        },
+        stages=[
+            RecipeStage("understanding", _config(
+                "understanding", o, steps=12, batch_size=8, checkpoint_every=6, optim=quick_optim,
+                stage_options=dict(base=str(o / "base-init"), data=[str(o / "data" / "understanding")],
+                                   max_turns=4)), ("understanding",)),
+            RecipeStage("vq", _config(
+                "vq", o, steps=12, batch_size=8, checkpoint_every=6, optim=dict(lr=1e-3, warmup_steps=2),
+                stage_options=dict(data=str(o / "data" / "vq"), preset="shapes", overrides=QUICK_VQ)), ("vq",)),
+            RecipeStage("generation", _config(
+                "generation", o, steps=12, batch_size=8, checkpoint_every=6, ema_decay=0.99, optim=quick_optim,
+                stage_options=dict(base=str(o / "base"), vq=str(o / "vq"), data=[str(o / "data" / "t2i")],
+                                   stack_layers=2, sampling=sampling)), ("t2i",)),
+            RecipeStage("editing", _config(
+                "editing", o, steps=8, batch_size=8, checkpoint_every=4, ema_decay=0.99, optim=quick_optim,
+                stage_options=dict(base=str(o / "base"), vq=str(o / "vq"), init=str(o / "generation" / "export"),
+                                   data=[str(o / "data" / "edit"), str(o / "data" / "t2i")],
+                                   kind_weights={"edit": 0.75, "t2i": 0.25}, train_adapter=False,
+                                   sampling=sampling)), ("edit", "t2i")),
+        ],
+    )
+
+
+def _paper(name: str, out: str, stack_layers: int, adapter_depth: int) -> Recipe:
+    """STAR-3B / STAR-7B on a GPU cluster: released Qwen2.5-VL base (no understanding stage), upstream STAR-VQ.
+
+    Data paths are placeholders under OUT/data/ (your own star-records datasets, pre-tokenised with
+    `star tokenize --vq OUT/vq`); the base and VQ are `--set base=DIR --set vq=PATH` (an upstream VQ-Model.pt is
+    converted once into the folder OUT/vq). Run each stage under torchrun (`star train --recipe star-7b --out OUT
+    --dry-run` prints the commands). Steps, batch sizes and
+    learning rates are our proposal (research/paper.md §7: the paper's are unknown), sized for a 64-GPU job.
+    """
+    o = Path(out)
+    sampling = {"guidance_scale": 1.1, "top_k": 1000, "top_p": 0.8, "temperature": 1.0}   # upstream defaults
+    vit = dict(edit_vit_min_tokens=16, edit_vit_max_tokens=576, understand_vit_max_tokens=1024)
+    common = dict(precision="bf16", parallel="fsdp", activation_checkpointing=True, checkpoint_every=1_000,
+                  log_every=10)
+    return Recipe(
+        name=name, out=out,
+        base=str(o / "qwen2.5-vl"),
+        vq=str(o / "VQ-Model.pt"),
+        stages=[
+            RecipeStage("generation", _config(
+                "generation", o, steps=200_000, batch_size=1024, ema_decay=0.9999, **common,
+                optim=dict(lr=1e-4, min_lr=1e-5, warmup_steps=2_000, weight_decay=0.05),
+                stage_options=dict(base=str(o / "qwen2.5-vl"), vq=str(o / "vq"),
+                                   data=[str(o / "data" / "t2i")], stack_layers=stack_layers,
+                                   adapter_depth=adapter_depth, cfg_dropout=0.1, sampling=sampling, **vit)), ("t2i",)),
+            RecipeStage("editing", _config(
+                "editing", o, steps=50_000, batch_size=512, ema_decay=0.9999, **common,
+                optim=dict(lr=5e-5, min_lr=5e-6, warmup_steps=1_000, weight_decay=0.05),
+                stage_options=dict(base=str(o / "qwen2.5-vl"), vq=str(o / "vq"),
+                                   init=str(o / "generation" / "export"),
+                                   data=[str(o / "data" / "edit"), str(o / "data" / "t2i")],
+                                   kind_weights={"edit": 0.7, "t2i": 0.3}, cfg_dropout=0.1, sampling=sampling,
+                                   **vit)), ("edit", "t2i")),
+        ],
+        notes="understanding is a no-op for a released Qwen2.5-VL: the base folder is used as is",
+    )
+
+
+def star_3b(out: str = "runs/star-3b") -> Recipe:
+    return _paper("star-3b", out, stack_layers=16, adapter_depth=2)
+
+
+def star_7b(out: str = "runs/star-7b") -> Recipe:
+    return _paper("star-7b", out, stack_layers=14, adapter_depth=4)
+
+
+RECIPES: dict[str, Callable[[str], Recipe]] = {
+    "shapes": shapes,
+    "shapes-quick": shapes_quick,
+    "star-3b": star_3b,
+    "star-7b": star_7b,
+}
+
+
+def get_recipe(name: str, out: str) -> Recipe:
+    if name not in RECIPES:
+        raise KeyError(f"unknown recipe {name!r}; recipes: {sorted(RECIPES)}")
+    return RECIPES[name](out)
+
+
+# -----------------------------------------------------------------------------
+# --set on a recipe
+
+
+def apply_recipe_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
+    """`STAGE.key=value` (a TrainConfig key of that stage, e.g. generation.steps=50, generation.optim.lr=1e-4,
+    editing.stage_options.new_stack=true), `all.key=value` (every stage), `data.NAME.KIND=N` /
+    `data.NAME.FIELD=value`, `base.FIELD=value` (tiny base spec, or base=DIR), `vq=shipped|train|PATH`."""
+    from star.training.config import _parse_value
+
+    stages = list(recipe.stages)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        head, _, rest = key.strip().partition(".")
+        value = _parse_value(text)
+        if head in ("vq", "base") and not rest:
+            # stages that referenced the old base / VQ (or, for a base folder, the published OUT/base) follow it
+            previous = {str(getattr(recipe, head))} | ({str(Path(recipe.out) / "base")} if head == "base" else set())
+            setattr(recipe, head, str(value))
+            for i, s in enumerate(stages):
+                if str(s.config.stage_options.get(head)) in previous and not (head == "vq" and value in (
+                        "shipped", "train")):
+                    setting = f"stage_options.{head}={json.dumps(str(value))}"
+                    stages[i] = s._replace(config=apply_overrides(s.config, [setting]))
+        elif head == "base":
+            if not isinstance(recipe.base, TinyBaseSpec):
+                raise KeyError(f"--set {key}: recipe {recipe.name!r} uses a base folder, not a tiny base spec")
+            recipe.base = from_dict(TinyBaseSpec, {**dataclasses.asdict(recipe.base), rest: value}, "base.")
+        elif head == "data":
+            name, _, fld = rest.partition(".")
+            if name not in recipe.datasets:
+                raise KeyError(f"--set {key}: no dataset {name!r}; datasets: {sorted(recipe.datasets)}")
+            spec = dataclasses.asdict(recipe.datasets[name])
+            if fld in ("seed", "resolution", "wise_reasoning", "tokenize"):
+                spec[fld] = value
+            else:
+                spec["kinds"] = {**spec["kinds"], fld: value}
+            recipe.datasets[name] = DatasetSpec(**spec)
+        else:
+            targets = [i for i, s in enumerate(stages) if head in ("all", s.stage)]
+            if not targets:
+                raise KeyError(f"--set {key}: {head!r} is not a stage of recipe {recipe.name!r} "
+                               f"({[s.stage for s in stages]}), nor all / data / base / vq")
+            for i in targets:
+                stages[i] = stages[i]._replace(config=apply_overrides(stages[i].config, [f"{rest}={text}"]))
+    recipe.stages = stages
+    return recipe
+
+
+# -----------------------------------------------------------------------------
+# Preparation: the tiny base, the datasets, the codes
+
+
+def shapeworld_corpus(seed: int = 0, n: int = 400) -> list[str]:
+    """Texts the tiny base's tokenizer is trained on: every word of star.shapes.text.text_vocabulary plus generated
+    prompts, captions, VQA questions and answers, ShapeWISE prompts and answers, edit instructions, and the
+    understanding stage's fixed instructions."""
+    import numpy as np
+
+    from star.shapes.edits import EDIT_TYPES, EditImpossible, random_edit
+    from star.shapes.sample import random_scene
+    from star.shapes.text import (
+        caption, random_geneval_metadata, text_vocabulary, vqa_questions, wise_answer_prompt, wise_fact_qa,
+        wise_prompts,
+    )
+    from star.training.stage_understanding import CAPTION_LM_PROMPT, CAPTION_PROMPT
+
+    rng = np.random.default_rng(seed)
+    texts = [" ".join(text_vocabulary()), CAPTION_PROMPT, CAPTION_LM_PROMPT]
+    for _ in range(n):
+        texts.append(random_geneval_metadata(rng, split="train")["prompt"])
+        scene = random_scene(rng)
+        texts.append(caption(scene))
+        texts += [q["question"] + " " + q["answer"] for q in vqa_questions(scene, rng)]
+    for i, edit_type in enumerate(EDIT_TYPES * (n // 20 + 1)):
+        try:
+            texts.append(random_edit(rng, edit_type).instruction)
+        except EditImpossible:
+            pass
+    texts += [f["question"] + " " + f["answer"] for f in wise_fact_qa()]
+    texts += [w["Prompt"] + " " + wise_answer_prompt(w) for w in wise_prompts(n=min(n, 200), split="train")]
+    return texts
+
+
+def _atomic_dir(final: Path, build: Callable[[Path], Any]) -> None:
+    """Build a folder under a temp name and rename it into place (a crash leaves no half folder at `final`)."""
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    build(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def build_base(spec: TinyBaseSpec, out: Path, log: Callable[[str], None]) -> None:
+    from star.tiny_base import build_tiny_base
+
+    if (out / "config.json").is_file():
+        return
+    t0 = time.perf_counter()
+    _atomic_dir(out, lambda tmp: build_tiny_base(tmp, shapeworld_corpus(spec.seed), **dataclasses.asdict(spec)))
+    log(f"built the untrained tiny base {out} ({time.perf_counter() - t0:.0f}s)")
+
+
+def wise_reasoning_records(n: int, seed: int) -> Iterator[dict]:
+    """text_qa records: a train-split ShapeWISE knowledge prompt -> the plain prompt that answers it."""
+    from star.shapes.text import wise_answer_prompt, wise_prompts
+    from star.training.stage_understanding import WISE_TASK
+
+    for item in wise_prompts(n=n, seed=seed, split="train"):
+        yield {"kind": "text_qa", "question": item["Prompt"], "answer": wise_answer_prompt(item),
+               "meta": {"task": WISE_TASK, "category": item["Category"]}}
+
+
+def build_dataset(spec: DatasetSpec, out: Path, log: Callable[[str], None]) -> None:
+    """Write the dataset when absent: per kind, the records `star shapes dataset --kind KIND --n N --seed S` writes."""
+    import numpy as np
+
+    from star.data.records import KINDS, RecordWriter
+    from star.shapes import vocab
+    from star.shapes.cli_data import generate_records
+
+    if (out / "manifest.json").is_file():
+        return
+    t0 = time.perf_counter()
+    meta = {"world": "shapeworld", "vocab": vocab.VOCAB_VERSION, "split": "train", "seed": spec.seed,
+            "resolution": spec.resolution, "aligned": True, "kinds": spec.kinds,
+            "wise_reasoning": spec.wise_reasoning, "written_by": "star.training.recipes"}
+    with RecordWriter(out, meta=meta, overwrite=True) as writer:
+        for kind, n in spec.kinds.items():
+            rng = np.random.default_rng([spec.seed, list(KINDS).index(kind)])
+            for record in generate_records(kind, n, rng, resolution=spec.resolution):
+                writer.add(record)
+        for record in wise_reasoning_records(spec.wise_reasoning, spec.seed):
+            writer.add(record)
+    log(f"wrote dataset {out}: {writer.counts} ({time.perf_counter() - t0:.0f}s)")
+
+
+# -----------------------------------------------------------------------------
+# The runner
+
+
+def _copy_folder(src: Path, dst: Path) -> None:
+    _atomic_dir(dst, lambda tmp: shutil.copytree(src, tmp, dirs_exist_ok=True))
+
+
+def assemble_model(export: Path, out: Path) -> Path:
+    """OUT/model: the trained parts of `export`; config.json references ../base and ../vq when the recipe
+    published them there (the ShapeWorld recipes), else the absolute base / VQ paths the stages trained with."""
+    from safetensors.torch import load_file
+
+    from star.checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_folder
+    from star.config import STARConfig
+
+    config = STARConfig.from_json(export / CONFIG_NAME)
+    base = "../base" if (out / "base" / "config.json").is_file() else str(Path(config.base).resolve())
+    vq = "../vq" if (out / "vq" / "model.safetensors").is_file() else str(Path(config.vq).resolve())
+    config = STARConfig.from_dict({**config.to_dict(), "base": base, "vq": vq})
+    state = load_file(str(export / WEIGHTS_NAME))
+    _atomic_dir(out / "model", lambda tmp: save_folder(config, state, tmp))
+    return out / "model"
+
+
+def run_recipe(recipe: Recipe, *, resume: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Run every stage of `recipe` in order (skipping completed ones when resuming); returns OUT/model."""
+    from star.training.stages import get_stage
+    from star.training.tokenize import tokenize_dataset
+    from star.training.trainer import train
+
+    out = Path(recipe.out)
+    record = out / "recipe.json"
+    if record.is_file() and not resume:
+        raise ValueError(f"{out} already holds a recipe run ({record}); pass --resume to continue it, or choose "
+                         f"another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    if record.is_file():
+        before = json.loads(record.read_text())
+        if before != recipe.to_dict():
+            log(f"warning: the recipe differs from the one {out} was started with; completed stages are kept")
+    atomic_write(record, json.dumps(recipe.to_dict(), indent=2) + "\n")
+    started = time.perf_counter()
+
+    # the base the stages start from
+    if isinstance(recipe.base, TinyBaseSpec):
+        build_base(recipe.base, out / "base-init", log)
+    else:
+        if not (Path(recipe.base) / "config.json").is_file():
+            raise FileNotFoundError(f"recipe {recipe.name!r}: base folder {recipe.base} has no config.json; pass "
+                                    f"--set base=DIR (e.g. a local Qwen2.5-VL-7B-Instruct)")
+
+    # the tokenizer: shipped, given, or trained by the vq stage
+    vq_dir = out / "vq"
+    train_vq = recipe.vq == "train"
+    if recipe.vq == "shipped" and not (vq_dir / "model.safetensors").is_file():
+        from star.vq import SHIPPED_SHAPES_DIR
+
+        if (SHIPPED_SHAPES_DIR / "model.safetensors").is_file():
+            _copy_folder(SHIPPED_SHAPES_DIR, vq_dir)
+            log(f"vq: the shipped tokenizer {SHIPPED_SHAPES_DIR} -> {vq_dir}")
+        else:
+            train_vq = True
+            log(f"vq: no shipped tokenizer at {SHIPPED_SHAPES_DIR}; the vq stage trains one")
+    elif recipe.vq not in ("shipped", "train") and not (vq_dir / "model.safetensors").is_file():
+        src = Path(recipe.vq)
+        if src.is_dir():
+            _copy_folder(src, vq_dir)
+        elif src.is_file():                               # an upstream VQ-Model.pt: converted once into OUT/vq
+            from star.vq import load_vq
+
+            _atomic_dir(vq_dir, lambda tmp: load_vq(str(src)).save_pretrained(tmp))
+            log(f"vq: converted {src} -> {vq_dir}")
+        else:
+            raise FileNotFoundError(f"recipe {recipe.name!r}: VQ {src} not found (--set vq=PATH)")
+
+    final_export = None
+    for entry in recipe.stages:
+        name, config = entry.stage, entry.config
+        run = Path(config.out_dir)
+        if name == "vq" and not train_vq:
+            continue
+        if name == "understanding" and not isinstance(recipe.base, TinyBaseSpec):
+            continue                                      # a released base is used as is
+        if (run / DONE).is_file():
+            log(f"{name}: done ({run / DONE}), skipped")
+            final_export = run / "export" if name in ("generation", "editing") else final_export
+            continue
+        for data in entry.data:
+            spec = recipe.datasets.get(data)
+            if spec is None:
+                continue                                  # a user-provided dataset path
+            build_dataset(spec, out / "data" / data, log)
+            if spec.tokenize:
+                t0 = time.perf_counter()
+                summary = tokenize_dataset(out / "data" / data, vq_dir, progress=False)
+                log(f"tokenize {data}: {summary['status']}, {summary['images']} images "
+                    f"({time.perf_counter() - t0:.0f}s)")
+        log(f"{name}: training in {run}")
+        t0 = time.perf_counter()
+        train(dataclasses.replace(config, resume=True), get_stage(name))
+        export = run / "export"
+        if name == "understanding":
+            _copy_folder(export, out / "base")
+        elif name == "vq":
+            _copy_folder(export, out / "vq")
+        else:
+            final_export = export
+        atomic_write(run / DONE, json.dumps({"stage": name, "seconds": round(time.perf_counter() - t0, 1)}) + "\n")
+        log(f"{name}: done in {time.perf_counter() - t0:.0f}s")
+    if final_export is None:
+        raise RuntimeError(f"recipe {recipe.name!r} trained no generation or editing stage; nothing to assemble")
+    model = assemble_model(final_export, out)
+    log(f"recipe {recipe.name}: {model} ready ({time.perf_counter() - started:.0f}s this run)")
+    return model
+
+
+def dry_run(recipe: Recipe) -> list[str]:
+    """Write OUT/configs/<stage>.json and return the commands that run each stage by hand (e.g. under torchrun)."""
+    out = Path(recipe.out)
+    (out / "configs").mkdir(parents=True, exist_ok=True)
+    commands = []
+    if recipe.vq not in ("shipped", "train") and Path(recipe.vq).suffix in (".pt", ".pth", ".bin"):
+        commands.append(f"python -c \"from star.vq import load_vq; load_vq('{recipe.vq}').save_pretrained('{out / 'vq'}')\"")
+    for data in sorted({d for entry in recipe.stages for d in entry.data}):
+        if data not in recipe.datasets:
+            commands.append(f"star tokenize --data {out / 'data' / data} --vq {out / 'vq'}")
+    for entry in recipe.stages:
+        path = out / "configs" / f"{entry.stage}.json"
+        atomic_write(path, json.dumps(to_dict(entry.config), indent=2) + "\n")
+        launcher = "torchrun --nproc_per_node 8 -m star.training.cli" if entry.config.parallel == "fsdp" \
+            else "star train"
+        commands.append(f"{launcher} {entry.stage} --config {path} --resume")
+    return commands
+
+
+__all__ = ["DatasetSpec", "RECIPES", "Recipe", "RecipeStage", "TinyBaseSpec", "apply_recipe_overrides",
+           "get_recipe", "run_recipe", "shapes", "shapes_quick", "star_3b", "star_7b"]

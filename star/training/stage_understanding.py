@@ -1,0 +1,295 @@
+"""The `understanding` stage: train a base vision-language model itself (the tiny ShapeWorld base only).
+
+STAR never trains its base after this stage: generation and editing freeze it, so understanding stays exactly what
+this stage leaves (research/paper.md §2.2). For a released Qwen2.5-VL there is nothing to do here: the paper-scale
+recipes skip the stage and use the released folder as the base.
+
+Tasks (each a chat conversation, loss on the assistant's answer tokens and their closing `<|im_end|>` only):
+
+    vqa         image + up to `max_turns` ShapeVQA questions about it, one per turn   (vqa records, grouped by image)
+    caption     image + "describe the image." -> caption                              (caption records)
+    text_qa     ShapeWISE facts as text questions -> one-word answers                 (text_qa records)
+    wise        implicit reasoning: a ShapeWISE knowledge prompt -> the plain prompt that answers it
+                (text_qa records with meta.task = "wise_reasoning"; star.shapes.text.wise_answer_prompt)
+    caption_lm  caption language modelling: "describe a scene." -> a caption, no image (caption records' text)
+
+The first turn is token for token the prompt the pipeline builds for `understand` (chat.understand_ids, the same ViT
+preprocessing), so what is trained is what is asked at inference. Later turns follow the base's chat template.
+
+Data flow: records ─▶ conversations (image?, [(question, answer), ...]) ─▶ ids + labels (-100 outside answers) ─▶
+HF forward (ViT features scattered into <|image_pad|>) ─▶ logits ─▶ CE on the labelled positions.
+Export: a complete HF base folder (weights, tokenizer, chat template, image processor) for FrozenBase.from_pretrained.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from star.training.config import OptimConfig, TrainConfig, from_dict
+from star.training.data import (
+    Mixture, RecordIndex, Warnings, load_rgb, merge_counts, parse_sources, sample_rng, vit_inputs,
+)
+from star.training.parallel import micro_batch_ranges
+
+CAPTION_PROMPT = "describe the image."
+CAPTION_LM_PROMPT = "describe a scene."
+WISE_TASK = "wise_reasoning"            # meta.task of text_qa records that teach implicit reasoning
+TASKS = ("vqa", "caption", "text_qa", "wise", "caption_lm")
+IGNORE = -100
+
+
+@dataclass(kw_only=True)
+class UnderstandingOptions:
+    base: str = ""
+    """Folder of the base to train (e.g. a star.tiny_base.build_tiny_base folder)."""
+    data: Any = None
+    """Dataset(s) with vqa / caption / text_qa records: a path, a list, or [{path, kinds, weight}]."""
+    tasks: dict[str, float] = field(default_factory=lambda: {"vqa": 0.6, "caption": 0.15, "text_qa": 0.1,
+                                                             "wise": 0.1, "caption_lm": 0.05})
+    """Share of each task in the stream (tasks without records are dropped)."""
+    max_turns: int = 8
+    """Most questions about one image in one vqa conversation."""
+    train_vision: bool = True
+    """Train the ViT too (False: only the language model and its head)."""
+    vit_max_tokens: int | None = None
+    """ViT tokens per image (None = the image processor's budget); must equal the STAR model's
+    understand_vit_max_tokens for the understanding prompt to match."""
+    check_images: bool = True
+    """Decode every image once when indexing (skips corrupt files up front)."""
+
+    def __post_init__(self):
+        unknown = set(self.tasks) - set(TASKS)
+        if unknown:
+            raise ValueError(f"stage_options.tasks: unknown tasks {sorted(unknown)}; tasks are {TASKS}")
+        if self.max_turns < 1:
+            raise ValueError(f"stage_options.max_turns must be >= 1, got {self.max_turns}")
+
+
+# -----------------------------------------------------------------------------
+# Conversations -> token ids and labels
+
+
+def encode_conversation(tokenizer, special, turns: list[tuple[str, str]], num_vit: int | None
+                        ) -> tuple[list[int], list[int]]:
+    """(ids, labels) of a conversation; labels are the answer ids (+ <|im_end|>) and IGNORE elsewhere.
+
+    Turn 1 is chat.understand_ids (the pipeline's understanding prompt, with `num_vit` <|image_pad|> tokens when
+    there is an image); turn k > 1 continues in the chat template: `\\n<|im_start|>user\\n{q}<|im_end|>\\n
+    <|im_start|>assistant\\n`.
+    """
+    from star.chat import understand_ids
+
+    ids: list[int] = []
+    labels: list[int] = []
+    for k, (question, answer) in enumerate(turns):
+        if k == 0:
+            prompt = understand_ids(tokenizer, special, question, num_vit)
+        else:
+            prompt = tokenizer.encode(f"\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n",
+                                      add_special_tokens=False)
+        reply = tokenizer.encode(answer, add_special_tokens=False) + [special.im_end]
+        ids += prompt + reply
+        labels += [IGNORE] * len(prompt) + reply
+    return ids, labels
+
+
+@dataclass
+class UBatch:
+    input_ids: Tensor              # (b, T) left-padded
+    attention_mask: Tensor         # (b, T)
+    labels: Tensor                 # (b, T) IGNORE outside answers
+    pixel_values: Tensor | None    # ViT patches of the rows with an image, in row order
+    image_grid_thw: Tensor | None
+    tasks: list[str]
+
+
+class UnderstandingStream:
+    """Conversations built from records, mixed over tasks; deterministic in (seed, sample index)."""
+
+    def __init__(self, config: TrainConfig, opts: UnderstandingOptions, rank: int, world_size: int,
+                 start_position: int):
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        from star.chat import SpecialTokens
+
+        self.opts, self.seed = opts, config.seed
+        self.ranges = micro_batch_ranges(config, rank, world_size, start_position)
+        self.tokenizer = AutoTokenizer.from_pretrained(opts.base)
+        self.special = SpecialTokens.from_tokenizer(self.tokenizer)
+        self.image_processor = AutoImageProcessor.from_pretrained(opts.base)
+        self.warn = Warnings()
+        units: dict[str, list] = {t: [] for t in TASKS}
+        skipped: dict[str, int] = {}
+        for src in parse_sources(opts.data):
+            kinds = [k for k in (src.kinds or ("vqa", "caption", "text_qa")) if k in ("vqa", "caption", "text_qa")]
+            if not kinds:
+                continue
+            index = RecordIndex(src.path, kinds, check_images=opts.check_images)
+            skipped = merge_counts(skipped, index.stats.skipped)
+            groups: dict[str, list] = {}
+            for rec in index.records:
+                if rec["kind"] == "vqa":
+                    groups.setdefault(rec["image"], []).append((rec["question"], rec["answer"]))
+                elif rec["kind"] == "caption":
+                    units["caption"].append((rec["image"], [(CAPTION_PROMPT, rec["text"])]))
+                    units["caption_lm"].append((None, [(CAPTION_LM_PROMPT, rec["text"])]))
+                else:
+                    task = "wise" if (rec.get("meta") or {}).get("task") == WISE_TASK else "text_qa"
+                    units[task].append((None, [(rec["question"], rec["answer"])]))
+            units["vqa"] += list(groups.items())
+        active = [t for t in TASKS if opts.tasks.get(t, 0) > 0 and units[t]]
+        if not active:
+            raise ValueError(f"stage 'understanding': no usable records for tasks {opts.tasks} in {opts.data} "
+                             f"(skipped: {skipped or 'none'})")
+        self.tasks = active
+        self.units = [units[t] for t in active]
+        self.mixture = Mixture([len(u) for u in self.units], [opts.tasks[t] for t in active], config.seed)
+        if rank == 0:
+            self.warn.update(skipped)
+
+    @property
+    def warnings(self) -> dict[str, int]:
+        return dict(self.warn.counts)
+
+    def __iter__(self) -> Iterator[UBatch]:
+        return self
+
+    def conversation(self, i: int) -> tuple[str, str | None, list[tuple[str, str]]]:
+        """(task, image path or None, turns) of global sample i; vqa turns are a seeded subset in seeded order."""
+        k, j = self.mixture.locate(i)
+        image, turns = self.units[k][j]
+        if len(turns) > 1:
+            rng = sample_rng(self.seed, i, 2)
+            order = rng.permutation(len(turns))[: self.opts.max_turns]
+            turns = [turns[o] for o in order]
+        return self.tasks[k], image, turns
+
+    def __next__(self) -> UBatch:
+        from star.data.records import ImageReadError
+        from star.model import left_pad
+
+        seqs, labels, pixels, grids, tasks = [], [], [], [], []
+        for i in next(self.ranges):
+            task, image, turns = self.conversation(i)
+            vit = None
+            if image is not None:
+                try:
+                    vit = vit_inputs(self.image_processor, load_rgb(image), None, self.opts.vit_max_tokens)
+                except FileNotFoundError:
+                    self.warn.add("missing_file")
+                    continue
+                except ImageReadError:
+                    self.warn.add("corrupt_image")
+                    continue
+            ids, lab = encode_conversation(self.tokenizer, self.special, turns, None if vit is None else vit[2])
+            seqs.append(ids)
+            labels.append(lab)
+            tasks.append(task)
+            if vit is not None:
+                pixels.append(vit[0])
+                grids.append(vit[1])
+        if not seqs:
+            raise RuntimeError(f"every sample of a micro-batch was unusable (data_warnings: {self.warnings})")
+        ids, mask = left_pad(seqs, self.special.end_of_text)
+        lab, _ = left_pad(labels, IGNORE)
+        return UBatch(ids, mask, lab, torch.cat(pixels) if pixels else None, torch.cat(grids) if grids else None,
+                      tasks)
+
+
+# -----------------------------------------------------------------------------
+# Model
+
+
+class UnderstandingModel(nn.Module):
+    """The HF VLM being trained (`hf`), with the loss inside `forward` (so DDP sees one call)."""
+
+    def __init__(self, hf: nn.Module):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor, pixel_values: Tensor | None = None,
+                image_grid_thw: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """-> (mean CE over labelled positions, number labelled, number predicted correctly)."""
+        image_token_id = self.hf.config.image_token_id
+        out = self.hf(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
+                      image_grid_thw=image_grid_thw, mm_token_type_ids=(input_ids == image_token_id).int())
+        logits = out.logits[:, :-1].float()                          # (b, T-1, V): position t predicts t+1
+        target = labels[:, 1:]                                       # (b, T-1)
+        loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE)
+        supervised = target != IGNORE
+        correct = ((logits.argmax(-1) == target) & supervised).sum()
+        return loss, supervised.sum(), correct
+
+
+class UnderstandingStage:
+    name = "understanding"
+    trainable: tuple[str, ...] = ("hf.model.visual", "hf.model.language_model", "hf.lm_head")
+    frozen: tuple[str, ...] = ()
+
+    def default_config(self) -> TrainConfig:
+        return TrainConfig(
+            out_dir="runs/understanding",
+            steps=1000,
+            batch_size=32,
+            checkpoint_every=250,
+            optim=OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=50, weight_decay=0.05, betas=(0.9, 0.95)),
+        )
+
+    def options(self, config: TrainConfig) -> UnderstandingOptions:
+        opts = from_dict(UnderstandingOptions, config.stage_options, "stage_options.")
+        if not opts.base:
+            raise ValueError("stage 'understanding' needs stage_options.base: the base folder to train (for the "
+                             "ShapeWorld base, one made by star.tiny_base.build_tiny_base; `star train --recipe "
+                             "shapes` builds it)")
+        return opts
+
+    def build(self, config: TrainConfig, device: torch.device, dtype: torch.dtype) -> nn.Module:
+        from star.base import get_family
+
+        opts = self.options(config)
+        self._base = opts.base
+        self.trainable = ("hf.model.visual", "hf.model.language_model", "hf.lm_head") if opts.train_vision \
+            else ("hf.model.language_model", "hf.lm_head")
+        self.frozen = () if opts.train_vision else ("hf.model.visual",)
+        model_type = json.loads((Path(opts.base) / "config.json").read_text()).get("model_type")
+        hf = get_family(model_type).model_class().from_pretrained(opts.base, dtype=torch.float32)
+        hf.requires_grad_(True)
+        if not opts.train_vision:
+            hf.model.visual.requires_grad_(False).to(dtype)
+        return UnderstandingModel(hf).to(device)
+
+    def batches(self, config: TrainConfig, rank: int, world_size: int, start_position: int) -> UnderstandingStream:
+        return UnderstandingStream(config, self.options(config), rank, world_size, start_position)
+
+    def loss(self, model: nn.Module, batch: UBatch) -> tuple[Tensor, dict[str, float]]:
+        device = next(p for p in model.parameters()).device
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        loss, n, correct = model(batch.input_ids.to(device), batch.attention_mask.to(device), batch.labels.to(device),
+                                 move(batch.pixel_values), move(batch.image_grid_thw))
+        return loss, {
+            "tokens": float(batch.attention_mask.sum()),
+            "answer_tokens": float(n),
+            "answer_accuracy": float(correct) / max(float(n), 1.0),
+            "image_share": sum(t in ("vqa", "caption") for t in batch.tasks) / len(batch.tasks),
+        }
+
+    def export(self, model: nn.Module, out_dir: Path) -> None:
+        """A complete base folder: the init folder's tokenizer / processor / chat template + the trained weights."""
+        base = Path(self._base) if getattr(self, "_base", None) else None
+        out_dir = Path(out_dir)
+        if base is not None and base.resolve() != out_dir.resolve():
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            shutil.copytree(base, out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.hf.save_pretrained(out_dir)
+        (out_dir / "stage.json").write_text(json.dumps({"stage": self.name, "trained_from": str(base)}, indent=2))

@@ -1,0 +1,142 @@
+"""The `vq` stage: the image tokenizer (star.vq.VQModel) trained on the generic trainer.
+
+Everything trains (encoder, quantizer codebook, decoder); nothing is frozen. Loss = l1 * |x - x̂| + l2 * (x - x̂)^2
++ codebook + commitment (+ entropy), the reconstruction and quantizer terms of star.vq_train with its default
+weights. star.vq_train combines them inline in its loop, so `vq_loss` below repeats that combination (keep the two
+in step); the perceptual and adversarial terms and dead-code restarts exist only in star.vq_train, which is what
+`star train vq` runs when given its own flags (docs/training.md).
+
+Data: `stage_options.data` is anything star.image_data.open_image_dataset reads ("shapeworld[:N[:SEED]]", an image
+folder, a .txt list) or a star-records dataset (its distinct images; bad records skipped and counted). Sample i of the
+stream is image perm_e[i mod N] of epoch e (star.training.data.Mixture), so resume is exact. An image that cannot be
+decoded at batch time is dropped from its batch and counted. Export: VQModel.save_pretrained (config.json +
+model.safetensors), the folder `load_vq` and `star tokenize --vq` take.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from star.training.config import OptimConfig, TrainConfig, from_dict
+from star.training.data import Mixture, RecordIndex, Warnings
+from star.training.parallel import micro_batch_ranges
+
+
+@dataclass(kw_only=True)
+class VQOptions:
+    data: str = "shapeworld"
+    """Images: 'shapeworld[:N[:SEED]]', an image folder, a .txt list, or a star-records dataset folder."""
+    preset: str = "shapes"
+    """star.vq preset to build (`shapes`, `star-vq`)."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """VQConfig field overrides on top of the preset (e.g. {"codebook_size": 256})."""
+    resolution: int | None = None
+    """Training image side; None = the VQConfig's resolution."""
+    l1_weight: float = 1.0
+    """Weight of the L1 reconstruction loss (star.vq_train default)."""
+    l2_weight: float = 1.0
+    """Weight of the L2 reconstruction loss (star.vq_train default)."""
+
+    def vq_config(self):
+        from star.vq import preset
+
+        return preset(self.preset, **self.overrides)
+
+
+def vq_loss(out, images: Tensor, l1_weight: float = 1.0, l2_weight: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """star.vq_train's loss without its optional terms: l1 + l2 reconstruction + codebook + commitment + entropy."""
+    recon = out.recon.float()
+    rec_l1 = (recon - images).abs().mean()
+    rec_l2 = (recon - images).pow(2).mean()
+    loss = l1_weight * rec_l1 + l2_weight * rec_l2 + out.codebook_loss + out.commit_loss + out.entropy_loss
+    return loss, {"l1": rec_l1, "l2": rec_l2, "codebook": out.codebook_loss, "commit": out.commit_loss}
+
+
+class VQStream:
+    def __init__(self, config: TrainConfig, opts: VQOptions, rank: int, world_size: int, start_position: int):
+        from star.image_data import ImageFileDataset, open_image_dataset
+
+        self.ranges = micro_batch_ranges(config, rank, world_size, start_position)
+        self.warn = Warnings()
+        resolution = opts.resolution or opts.vq_config().resolution
+        path = Path(opts.data)
+        if (path.is_dir() and (path / "manifest.json").is_file()) or (path.is_file() and path.suffix == ".jsonl"):
+            index = RecordIndex(path, ["t2i", "edit", "vqa", "caption"], check_images=True)
+            seen: dict[str, None] = {}
+            for rec in index.records:
+                for key in ("image", "source", "target"):
+                    if key in rec:
+                        seen.setdefault(rec[key])
+            self.dataset = ImageFileDataset([Path(p) for p in seen], resolution, source=str(path))
+            if rank == 0:
+                self.warn.update(index.stats.skipped)
+        else:
+            self.dataset = open_image_dataset(opts.data, resolution)
+        self.mixture = Mixture([len(self.dataset)], [1.0], config.seed)
+
+    @property
+    def warnings(self) -> dict[str, int]:
+        return dict(self.warn.counts)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return self
+
+    def __next__(self) -> Tensor:
+        images = []
+        for i in next(self.ranges):
+            _, j = self.mixture.locate(i)
+            try:
+                images.append(self.dataset[j])
+            except OSError:                    # ImageFileDataset: a file that became unreadable
+                self.warn.add("corrupt_image")
+        if not images:
+            raise RuntimeError(f"every image of a micro-batch was unreadable (data_warnings: {self.warnings})")
+        return torch.stack(images)             # (b, 3, R, R) in [-1, 1]
+
+
+class VQStage:
+    name = "vq"
+    trainable: tuple[str, ...] = ("encoder", "decoder", "quantize", "quant_conv", "post_quant_conv")
+    frozen: tuple[str, ...] = ()
+
+    def default_config(self) -> TrainConfig:
+        return TrainConfig(
+            out_dir="runs/vq",
+            steps=2000,
+            batch_size=16,
+            checkpoint_every=250,
+            optim=OptimConfig(lr=2e-4, min_lr=2e-5, warmup_steps=100, weight_decay=0.0, betas=(0.9, 0.95)),
+        )
+
+    def options(self, config: TrainConfig) -> VQOptions:
+        return from_dict(VQOptions, config.stage_options, "stage_options.")
+
+    def build(self, config: TrainConfig, device: torch.device, dtype: torch.dtype) -> nn.Module:
+        from star.vq import VQModel
+
+        opts = self.options(config)
+        self._weights = (opts.l1_weight, opts.l2_weight)
+        return VQModel(opts.vq_config()).to(device)    # initialised from the trainer-seeded global RNG
+
+    def batches(self, config: TrainConfig, rank: int, world_size: int, start_position: int) -> VQStream:
+        return VQStream(config, self.options(config), rank, world_size, start_position)
+
+    def loss(self, model: nn.Module, batch: Tensor) -> tuple[Tensor, dict[str, float]]:
+        device = next(model.parameters()).device
+        images = batch.to(device)
+        out = model(images)
+        loss, terms = vq_loss(out, images, *getattr(self, "_weights", (1.0, 1.0)))
+        metrics = {k: float(v.detach()) for k, v in terms.items()}
+        metrics["tokens"] = float(out.codes.numel())
+        core = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        metrics["batch_code_usage"] = float(out.codes.unique().numel()) / core.config.codebook_size
+        return loss, metrics
+
+    def export(self, model: nn.Module, out_dir: Path) -> None:
+        model.save_pretrained(out_dir)

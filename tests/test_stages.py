@@ -1,0 +1,433 @@
+"""The real training stages (understanding, vq, generation, editing), their data, `star tokenize` and `star train`.
+
+Tiny real modules on CPU: the conftest base (hidden 64, 4 layers) and VQ (16 px -> 4x4 codes), ShapeWorld datasets
+of a few records at 32 px written by the recipe's dataset builder. Invariants: a stage declares exactly what trains;
+one trainer step moves every trainable tensor and leaves every frozen one bit-identical; the understanding loss sees
+only answer tokens; the generation loss sees only code positions and drops prompts as (seed, index) says; codes from
+`star tokenize` equal VQModel.encode of the pipeline's input and another VQ's codes are refused; bad records are
+skipped and counted in log.jsonl; streams restart exactly at any position.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from star.training.config import apply_overrides
+from star.training.recipes import DatasetSpec, build_dataset
+from star.training.runlog import read_log
+from star.training.stages import get_stage
+from star.training.trainer import train
+
+TINY_VQ = dict(ch=8, ch_mult=[1, 2, 2], num_res_blocks=1, decoder_res_blocks=1, attn_heads=1, z_channels=8,
+               norm_groups=4, codebook_size=64, code_dim=8, resolution=16)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """Every record kind, 32 px images, plus implicit-reasoning text_qa records."""
+    out = tmp_path_factory.mktemp("stage_data") / "data"
+    build_dataset(DatasetSpec(kinds={"t2i": 10, "edit": 6, "vqa": 12, "caption": 4, "text_qa": 4}, seed=5,
+                              resolution=32, wise_reasoning=3), out, log=lambda m: None)
+    return out
+
+
+def stage_config(stage: str, out: Path, steps: int = 1, export: bool = True, **options):
+    cfg = get_stage(stage).default_config()
+    overrides = {"out_dir": str(out), "steps": steps, "batch_size": 4, "checkpoint_every": 0, "progress": False,
+                 "device": "cpu", "optim.warmup_steps": 1, "ema_decay": 0.0, "export": export}
+    overrides.update({f"stage_options.{k}": v for k, v in options.items()})
+    return apply_overrides(cfg, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+
+
+class Spy:
+    """Wraps a stage and keeps the model it built (the trainer sees the same declarations)."""
+
+    def __init__(self, stage):
+        self.inner, self.model = stage, None
+
+    name = property(lambda self: self.inner.name)
+    trainable = property(lambda self: self.inner.trainable)
+    frozen = property(lambda self: self.inner.frozen)
+
+    def __getattr__(self, item):
+        return getattr(self.inner, item)
+
+    def build(self, config, device, dtype):
+        self.model = self.inner.build(config, device, dtype)
+        return self.model
+
+
+@pytest.fixture(scope="module")
+def gen_export(tmp_path_factory, tiny_base_dir, star_vq_dir, dataset) -> Path:
+    """A generation stage export (2 steps) that editing continues from."""
+    out = tmp_path_factory.mktemp("gen_export") / "run"
+    train(stage_config("generation", out, steps=2, base=str(tiny_base_dir), vq=str(star_vq_dir), data=str(dataset),
+                       stack_layers=2), get_stage("generation"))
+    return out / "export"
+
+
+def stage_cases(tiny_base_dir, star_vq_dir, dataset, gen_export):
+    gen = dict(base=str(tiny_base_dir), vq=str(star_vq_dir), data=str(dataset), stack_layers=2)
+    return {
+        "understanding": (dict(base=str(tiny_base_dir), data=str(dataset)),
+                          ("hf.model.visual", "hf.model.language_model", "hf.lm_head"), ()),
+        "vq": (dict(data=str(dataset), overrides=TINY_VQ),
+               ("encoder", "decoder", "quantize", "quant_conv", "post_quant_conv"), ()),
+        "generation": (gen, ("stacks.0", "adapter", "head"), ("base", "vq")),
+        "generation-frozen-adapter": ({**gen, "train_adapter": False}, ("stacks.0", "head"),
+                                      ("base", "vq", "adapter")),
+        "editing": ({**gen, "init": str(gen_export)}, ("stacks.0", "adapter", "head"), ("base", "vq")),
+        "editing-new-stack": ({**gen, "init": str(gen_export), "new_stack": True, "stack_layers": 1,
+                               "train_adapter": False},
+                              ("stacks.1", "head"), ("base", "vq", "stacks.0", "adapter")),
+    }
+
+
+@pytest.mark.parametrize("case", ["understanding", "vq", "generation", "generation-frozen-adapter", "editing",
+                                  "editing-new-stack"])
+def test_stage_declares_what_trains_and_a_step_moves_exactly_that(case, tmp_path, tiny_base_dir, star_vq_dir,
+                                                                   dataset, gen_export):
+    options, trainable, frozen = stage_cases(tiny_base_dir, star_vq_dir, dataset, gen_export)[case]
+    name = case.split("-")[0]
+    config = stage_config(name, tmp_path / "run", steps=1, export=False, **options)
+    spy = Spy(get_stage(name))
+    train(config, spy)
+    assert spy.trainable == trainable and spy.frozen == frozen
+    torch.manual_seed(config.seed)
+    fresh = get_stage(name).build(config, torch.device("cpu"), torch.float32)  # the same seeded build
+    after = dict(spy.model.named_parameters())
+    moved, kept = 0, 0
+    for key, before in fresh.named_parameters():
+        owner = [n for n in trainable + frozen if key.startswith(n + ".")]
+        assert len(owner) == 1, f"{key} is not under exactly one declared module"
+        if owner[0] in frozen:
+            assert torch.equal(after[key], before) and not after[key].requires_grad, f"frozen {key} changed"
+            kept += 1
+        else:
+            assert after[key].requires_grad and after[key].dtype == torch.float32
+            moved += not torch.equal(after[key], before)
+    n_trainable = sum(1 for k, _ in fresh.named_parameters() if any(k.startswith(t + ".") for t in trainable))
+    # every trainable tensor with a gradient moves; token-embedding rows etc. always get one here, so: all of them
+    assert moved == n_trainable, f"{n_trainable - moved} trainable tensors did not move"
+    assert kept == sum(1 for k, _ in fresh.named_parameters()) - n_trainable
+    log = read_log(tmp_path / "run" / "log.jsonl")
+    assert log[0]["tokens_per_s"] > 0 and "data_warnings" in log[0]
+
+
+# -----------------------------------------------------------------------------
+# Understanding: sequences and the loss mask
+
+
+def test_understanding_sequences_match_the_pipeline_and_the_loss_sees_only_answers(tmp_path, tiny_base_dir, dataset):
+    from star.chat import understand_ids
+    from star.pipeline import STARPipeline
+    from star.training.data import load_rgb, vit_inputs
+    from star.training.stage_understanding import IGNORE, UnderstandingStage, encode_conversation
+
+    stage = UnderstandingStage()
+    config = stage_config("understanding", tmp_path, base=str(tiny_base_dir), data=str(dataset), max_turns=3)
+    stream = stage.batches(config, 0, 1, 0)
+    tok, sp = stream.tokenizer, stream.special
+
+    # the multi-turn text encoding is the chat template of the whole conversation
+    turns = [("what colour is a stop sign?", "red"), ("how many days are there in a weekend?", "two")]
+    ids, labels = encode_conversation(tok, sp, turns, None)
+    messages = [m for q, a in turns for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+    template = tok.encode(tok.apply_chat_template(messages, tokenize=False), add_special_tokens=False)
+    assert ids == template[:len(ids)] and template[len(ids):] == tok.encode("\n", add_special_tokens=False)
+    assert [t for t, lab in zip(ids, labels) if lab != IGNORE] == (
+        tok.encode("red", add_special_tokens=False) + [sp.im_end] + tok.encode("two", add_special_tokens=False)
+        + [sp.im_end])
+
+    # an image conversation's first turn is exactly the pipeline's understanding prompt and ViT input
+    found = None
+    for i in range(40):
+        task, image, conv = stream.conversation(i)
+        if task == "vqa":
+            found = (image, conv)
+            break
+    image, conv = found
+    pil = load_rgb(image)
+    fake = types.SimpleNamespace(image_processor=stream.image_processor)
+    pv_pipe, grid_pipe, n_pipe = STARPipeline._vit_inputs(fake, pil, None, None)
+    pv, grid, n = vit_inputs(stream.image_processor, pil, None, None)
+    assert torch.equal(pv, pv_pipe) and torch.equal(grid, grid_pipe) and n == n_pipe
+    ids, labels = encode_conversation(tok, sp, conv, n)
+    prompt = understand_ids(tok, sp, conv[0][0], n)
+    assert ids[:len(prompt)] == prompt and all(lab == IGNORE for lab in labels[:len(prompt)])
+
+    # the loss is the CE over the answer tokens only, in a real left-padded batch with images
+    batch = next(stream)
+    model = stage.build(config, torch.device("cpu"), torch.float32).eval()
+    for row in range(batch.input_ids.shape[0]):
+        kept = batch.labels[row][batch.labels[row] != IGNORE]
+        text = tok.decode(kept)
+        assert text.endswith("<|im_end|>") and "user" not in text and "<|image_pad|>" not in text
+    loss, metrics = stage.loss(model, batch)
+    with torch.no_grad():
+        out = model.hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       pixel_values=batch.pixel_values, image_grid_thw=batch.image_grid_thw,
+                       mm_token_type_ids=(batch.input_ids == sp.image_pad).int())
+    logits, target = out.logits[:, :-1].float(), batch.labels[:, 1:]
+    mask = target != IGNORE
+    manual = F.cross_entropy(logits[mask], target[mask])
+    torch.testing.assert_close(loss, manual, rtol=1e-5, atol=1e-6)
+    assert metrics["answer_tokens"] == int(mask.sum()) < metrics["tokens"] / 4
+
+
+# -----------------------------------------------------------------------------
+# Generation: the loss, CFG dropout, the stream
+
+
+def test_generation_loss_is_on_code_positions_with_seeded_prompt_dropout(tmp_path, tiny_base_dir, star_vq_dir,
+                                                                         dataset):
+    from star.model import Condition
+    from star.training.stage_generation import GenerationStage, encode_images
+
+    stage = GenerationStage("generation")
+    config = stage_config("generation", tmp_path, base=str(tiny_base_dir), vq=str(star_vq_dir), data=str(dataset),
+                          stack_layers=2, cfg_dropout=0.5)
+    model = stage.build(config, torch.device("cpu"), torch.float32).train()
+    stream = stage.batches(config, 0, 1, 0)
+    drops = [stream.sample(i)[3] for i in range(200)]
+    assert drops == [stage.batches(config, 0, 1, 0).sample(i)[3] for i in range(200)], "dropout is (seed, index)"
+    assert 70 < sum(drops) < 130, "dropout rate ~ cfg_dropout"
+
+    batch = next(stream)
+    batch.drop = torch.tensor([True, False, True, False])
+    loss, metrics = stage.loss(model, batch)
+    codes = encode_images(model.vq, batch.targets, torch.device("cpu"))                   # (4, 16)
+    cond = Condition.from_rows(batch.rows, model.special.end_of_text)
+    used = cond.drop_prompts(batch.drop)
+    assert torch.equal(used.input_ids[0], cond.null_ids[0]) and torch.equal(used.input_ids[1], cond.input_ids[1])
+    with torch.no_grad():
+        hidden = model.hidden_states(model.embed(used, codes[:, :-1]))
+        logits = model.head(hidden)[:, -codes.shape[1]:]                                  # <|vision_start|> + codes
+    torch.testing.assert_close(loss, F.cross_entropy(logits.flatten(0, 1), codes.flatten()), rtol=1e-5, atol=1e-6)
+    assert metrics["image_tokens"] == codes.numel() and metrics["dropped"] == 0.5
+
+    # a dropped row's prompt is invisible: two different prompts, both dropped, give the same loss
+    from star.chat import t2i_row
+
+    a = t2i_row(stream.tokenizer, stream.special, "a red cube left of a blue ball")
+    b = t2i_row(stream.tokenizer, stream.special, "a blue ball left of a red cube")
+    assert len(a.ids) == len(b.ids) and a.ids != b.ids
+    one = dict(targets=batch.targets[:1], drop=torch.tensor([True]), sources=[], pixel_values=None,
+               image_grid_thw=None, kinds=["t2i"])
+    la, _ = stage.loss(model, type(batch)(rows=[a], **one))
+    lb, _ = stage.loss(model, type(batch)(rows=[b], **one))
+    assert torch.equal(la, lb)
+
+
+def test_streams_restart_exactly_at_any_position(tmp_path, tiny_base_dir, star_vq_dir, dataset):
+    from star.training.data import Mixture
+
+    for name, options in (("generation", dict(base=str(tiny_base_dir), vq=str(star_vq_dir), data=str(dataset))),
+                          ("editing", dict(base=str(tiny_base_dir), vq=str(star_vq_dir), data=str(dataset))),
+                          ("understanding", dict(base=str(tiny_base_dir), data=str(dataset)))):
+        stage = get_stage(name)
+        config = stage_config(name, tmp_path, **options)
+        straight = stage.batches(config, 0, 1, 0)
+        for _ in range(3):
+            next(straight)
+        fourth, resumed = next(straight), next(stage.batches(config, 0, 1, 3 * config.batch_size))
+        for field in ("rows", "input_ids", "labels"):
+            if hasattr(fourth, field):
+                a, b = getattr(fourth, field), getattr(resumed, field)
+                assert (torch.equal(a, b) if torch.is_tensor(a) else a == b), f"{name}: {field} differs on resume"
+
+    mix = Mixture([7, 3], [0.75, 0.25], seed=1, cycle=4)
+    picks = [mix.locate(i) for i in range(40)]
+    assert sum(k == 0 for k, _ in picks) == 30, "exact shares per cycle"
+    first_epoch = [j for k, j in picks if k == 0][:7]
+    assert sorted(first_epoch) == list(range(7)), "each epoch visits every record once"
+    assert picks == [Mixture([7, 3], [0.75, 0.25], seed=1, cycle=4).locate(i) for i in range(40)]
+
+
+def test_editing_batches_carry_both_image_views_and_mix_t2i(tmp_path, tiny_base_dir, star_vq_dir, dataset):
+    stage = get_stage("editing")
+    config = stage_config("editing", tmp_path, base=str(tiny_base_dir), vq=str(star_vq_dir), data=str(dataset),
+                          kind_weights={"edit": 0.5, "t2i": 0.5})
+    stream = stage.batches(config, 0, 1, 0)
+    kinds = [stream.sample(i)[0] for i in range(20)]
+    assert kinds.count("edit") == 10
+    kind, row, target, drop, source, vit = next(s for s in map(stream.sample, range(20)) if s[0] == "edit")
+    assert source.shape == target.shape == (3, 16, 16), "not tokenised: both images as VQ-resolution pixels"
+    assert row.ids.count(stream.special.vision_pad) == 16 and row.ids.count(stream.special.image_pad) == vit[2]
+    assert row.null_ids.count(stream.special.vision_pad) == 16, "the null row keeps the image blocks"
+
+
+# -----------------------------------------------------------------------------
+# star tokenize
+
+
+def test_tokenize_writes_codes_equal_to_encode_and_refuses_another_vq(tmp_path, dataset, star_vq_dir):
+    import shutil
+
+    from star.cli import main
+    from star.pipeline import STARPipeline
+    from star.training.data import load_rgb
+    from star.training.tokenize import load_codes, tokenize_dataset, vq_fingerprint
+    from star.vq import VQConfig, VQModel
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    assert main(["tokenize", "--data", str(data), "--vq", str(star_vq_dir), "--no-progress"]) == 0
+    vq = VQModel.from_pretrained(star_vq_dir)
+    table = load_codes(data, vq_fingerprint(star_vq_dir))
+    assert len(table.rows) > 10 and table.grid == (4, 4)
+    fake = types.SimpleNamespace(model=types.SimpleNamespace(vq=vq), device=torch.device("cpu"))
+    for rel, row in list(table.rows.items())[:6]:
+        expected = STARPipeline._encode_vq(fake, [load_rgb(str(data / rel))])          # (1, 16): the pipeline's
+        assert torch.equal(table.codes[row].flatten().long(), expected[0]), rel
+    assert tokenize_dataset(data, star_vq_dir, progress=False)["status"] == "up to date"
+
+    torch.manual_seed(1)
+    other = tmp_path / "other_vq"
+    VQModel(VQConfig(**TINY_VQ)).save_pretrained(other)
+    with pytest.raises(ValueError, match="another tokenizer"):
+        load_codes(data, vq_fingerprint(other))
+    with pytest.raises(ValueError, match="--overwrite"):
+        tokenize_dataset(data, other, progress=False)
+    assert tokenize_dataset(data, other, overwrite=True, progress=False)["status"] == "written"
+    assert load_codes(data, vq_fingerprint(other)) is not None
+
+
+# -----------------------------------------------------------------------------
+# Bad data
+
+
+def corrupt(dataset: Path, out: Path) -> Path:
+    """A copy of `dataset` plus one corrupt image, one missing file and empty texts, in a new shard."""
+    import shutil
+
+    from star.data.records import build_manifest
+
+    shutil.copytree(dataset, out)
+    good = json.loads((out / "shard-00000.jsonl").read_text().splitlines()[0])["image"]
+    (out / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 4)
+    bad = [
+        {"kind": "t2i", "image": "images/broken.png", "text": "a photo of a red circle"},
+        {"kind": "edit", "source": "images/broken.png", "target": good, "text": "remove the circle",
+         "edit_type": "remove"},
+        {"kind": "t2i", "image": "images/missing.png", "text": "a photo of a blue star"},
+        {"kind": "t2i", "image": good, "text": "   "},
+        {"kind": "caption", "image": good, "text": ""},
+        {"kind": "vqa", "image": "images/broken.png", "question": "how many stars are there?", "answer": "one"},
+    ]
+    (out / "shard-00001.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bad))
+    build_manifest(out)
+    return out
+
+
+def test_bad_records_are_skipped_and_counted_in_the_log(tmp_path, tiny_base_dir, star_vq_dir, dataset):
+    from star.training.tokenize import tokenize_dataset
+
+    data = corrupt(dataset, tmp_path / "bad")
+    gen = dict(base=str(tiny_base_dir), vq=str(star_vq_dir), data=str(data), stack_layers=1)
+    train(stage_config("generation", tmp_path / "gen", steps=2, export=False, **gen), get_stage("generation"))
+    warnings = read_log(tmp_path / "gen" / "log.jsonl")[-1]["data_warnings"]
+    # the stage reads t2i records: their corrupt image and missing file; empty texts are found in any record
+    assert warnings == {"corrupt_image": 1, "missing_file": 1, "empty_text": 2}, warnings
+
+    train(stage_config("understanding", tmp_path / "und", steps=2, export=False, base=str(tiny_base_dir),
+                       data=str(data)), get_stage("understanding"))
+    warnings = read_log(tmp_path / "und" / "log.jsonl")[-1]["data_warnings"]
+    assert warnings == {"corrupt_image": 1, "empty_text": 2}, warnings              # the vqa record's image
+
+    summary = tokenize_dataset(data, star_vq_dir, progress=False)                 # corrupt images: counted there
+    assert summary["skipped"] == {"corrupt_image": 1} and summary["reader_skipped"]["missing_file"] == 1
+    train(stage_config("editing", tmp_path / "edit", steps=2, export=False, **gen), get_stage("editing"))
+    warnings = read_log(tmp_path / "edit" / "log.jsonl")[-1]["data_warnings"]
+    assert warnings == {"corrupt_image": 2, "missing_file": 1, "empty_text": 2}, warnings  # from the codes index
+
+
+# -----------------------------------------------------------------------------
+# The command line
+
+
+def test_star_train_command_line(tmp_path, capsys):
+    from star.cli import main
+
+    assert main(["train", "--list"]) == 0
+    assert "generation" in capsys.readouterr().out
+    assert main(["train", "generation", "--data", "d1", "--data", "d2", "--steps", "7", "--out", str(tmp_path),
+                 "--set", "stage_options.stack_layers=3", "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["stage"] == "generation" and printed["steps"] == 7
+    assert printed["stage_options"]["data"] == ["d1", "d2"] and printed["stage_options"]["stack_layers"] == 3
+    assert main(["train", "generation", "--batch-size", "4", "--out", str(tmp_path)]) == 2   # a vq_train flag
+    assert "--set" in capsys.readouterr().err
+    assert main(["train", "--recipe", "star-7b", "--out", str(tmp_path / "r"), "--dry-run"]) == 0
+    commands = capsys.readouterr().out.splitlines()
+    assert "load_vq" in commands[0], "the upstream VQ-Model.pt is converted into OUT/vq first"
+    assert [c.split()[2:4] for c in commands if c.startswith("star tokenize")] == [
+        ["--data", str(tmp_path / "r" / "data" / d)] for d in ("edit", "t2i")]
+    runs = [c for c in commands if c.startswith("torchrun")]
+    assert [c.split()[5] for c in runs] == ["generation", "editing"]
+    config = json.loads((tmp_path / "r" / "configs" / "generation.json").read_text())
+    assert config["stage_options"]["stack_layers"] == 14 and config["parallel"] == "fsdp"
+    assert main(["train", "--recipe", "shapes", "--out", str(tmp_path / "s"), "--set", "generation.steps=5",
+                 "--set", "data.t2i.t2i=99", "--print-config"]) == 0
+    recipe = json.loads(capsys.readouterr().out)
+    gen = next(s for s in recipe["stages"] if s["stage"] == "generation")
+    assert gen["config"]["steps"] == 5 and recipe["datasets"]["t2i"]["kinds"]["t2i"] == 99
+
+
+# -----------------------------------------------------------------------------
+# torchrun
+
+
+@pytest.mark.slow
+def test_generation_under_torchrun_fsdp_matches_one_process(tmp_path, tiny_base_dir, star_vq_dir, dataset):
+    """2 ranks (gloo, FSDP2 on the stack's decoder layers, the adapter and the head) x 2 samples vs 1 rank x 4: the
+    same losses and the same exported model; the stream's skip counts are logged once, not once per rank."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    options = dict(base=str(tiny_base_dir), vq=str(star_vq_dir), data=str(corrupt(dataset, tmp_path / "bad")),
+                   stack_layers=2)
+    one = tmp_path / "one"
+    train(stage_config("generation", one, steps=3, **options), get_stage("generation"))
+    two = tmp_path / "two"
+    sets = [f"stage_options.{k}={v}" for k, v in options.items()] + [
+        "batch_size=4", "device=cpu", "progress=false", "checkpoint_every=0", "optim.warmup_steps=1", "ema_decay=0.0",
+        "parallel=fsdp"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+           "star.training.cli", "generation", "--out", str(two), "--steps", "3"]
+    cmd += [a for s in sets for a in ("--set", s)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    assert proc.returncode == 0, output[-3000:]
+    a, b = read_log(one / "log.jsonl"), read_log(two / "log.jsonl")
+    assert [r["step"] for r in b] == [1, 2, 3]
+    for ra, rb in zip(a, b):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5)
+        assert rb["data_warnings"] == ra["data_warnings"] == {"corrupt_image": 1, "missing_file": 1, "empty_text": 2}
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(one / "export" / "model.safetensors")), load_file(str(two / "export" / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5)

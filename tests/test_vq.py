@@ -1,0 +1,292 @@
+"""VQ tokenizer: quantizer exactness, gradients, API shapes, persistence, upstream key compatibility, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from star.vq import (AttnBlock, LoadReport, VQConfig, VQModel, check_state_dict, count_parameters, entropy_loss,
+                     load_upstream_vq, nearest_codes, preset)
+
+TINY = dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, norm_groups=8, attn_heads=2, z_channels=16, codebook_size=64,
+            code_dim=8, resolution=16)
+
+
+@pytest.fixture
+def tiny_vq() -> VQModel:
+    torch.manual_seed(0)
+    model = VQModel(VQConfig(**TINY))
+    with torch.no_grad():  # spread the codebook so that many codes are in use
+        model.quantize.embedding.weight.normal_()
+    return model.eval()
+
+
+def images(b: int = 2, side: int = 16) -> torch.Tensor:
+    return torch.rand(b, 3, side, side, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+
+# -----------------------------------------------------------------------------
+# Quantizer
+
+
+@pytest.mark.parametrize("l2_norm", [False, True])
+@pytest.mark.parametrize("block,code_chunk", [(1 << 24, 8192), (300 * 7, 300), (97, 8192)])
+def test_nearest_codes_equals_brute_force(l2_norm: bool, block: int, code_chunk: int):
+    g = torch.Generator().manual_seed(0)
+    z, codebook = torch.randn(257, 12, generator=g), torch.randn(1000, 12, generator=g)
+    codes, dist = nearest_codes(z, codebook, l2_norm=l2_norm, block=block, code_chunk=code_chunk)
+    zr, er = z.double(), codebook.double()
+    if l2_norm:
+        zr, er = F.normalize(zr, dim=-1), F.normalize(er, dim=-1)
+    full = torch.cdist(zr, er) ** 2                                     # (N, K) brute force in float64
+    assert torch.equal(codes, full.argmin(1)), "chunked search must pick exactly the brute-force nearest code"
+    torch.testing.assert_close(dist.double(), full.min(1).values, atol=1e-3, rtol=1e-4)
+
+
+def test_nearest_codes_half_precision_input_uses_fp32():
+    g = torch.Generator().manual_seed(3)
+    z, codebook = torch.randn(64, 16, generator=g), torch.randn(512, 16, generator=g)
+    codes32, _ = nearest_codes(z, codebook)
+    codes_bf16, _ = nearest_codes(z.bfloat16().float(), codebook.bfloat16())   # bf16 storage, fp32 arithmetic
+    ref = torch.cdist(z.bfloat16().double(), codebook.bfloat16().double()).argmin(1)
+    assert torch.equal(codes_bf16, ref) and codes32.dtype == torch.long
+
+
+def test_straight_through_gradient_and_loss_targets(tiny_vq):
+    q = tiny_vq.quantize.train()
+    z = torch.randn(2, 8, 3, 3, requires_grad=True)
+    out = q(z)
+    weight = torch.randn_like(out.z_q)
+    (out.z_q * weight).sum().backward()
+    assert torch.equal(z.grad, weight), "straight-through: d z_q / d z must be the identity"
+    assert q.embedding.weight.grad is None, "the reconstruction path must not move the codebook"
+    z.grad = None
+    out = q(z)
+    out.codebook_loss.backward()
+    assert z.grad is None or torch.count_nonzero(z.grad) == 0, "codebook loss must not move the encoder"
+    used = torch.zeros(64, dtype=torch.bool)
+    used[out.codes.flatten()] = True
+    grad_rows = q.embedding.weight.grad.abs().sum(1) > 0
+    assert torch.equal(grad_rows, used), "codebook loss moves exactly the selected codes"
+    z.grad = None
+    q.embedding.weight.grad = None
+    out = q(z)
+    out.commit_loss.backward()
+    assert q.embedding.weight.grad is None and z.grad.abs().sum() > 0, "commitment loss moves only the encoder"
+    e = q.embedding.weight[out.codes].permute(0, 3, 1, 2)
+    torch.testing.assert_close(out.codebook_loss, F.mse_loss(e, z.detach()))
+    torch.testing.assert_close(out.commit_loss, 0.25 * F.mse_loss(z, e.detach()))
+    assert q.usage_counts.sum() == 3 * 2 * 9, "usage counts every quantized position in training mode"
+
+
+def test_entropy_loss_chunked_matches_direct_formula():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(50, 8, generator=g, requires_grad=True)
+    codebook = torch.randn(64, 8, generator=g)
+    chunked = entropy_loss(z, codebook, temperature=0.5, block=64 * 7)   # 7 tokens per chunk
+    (g1,) = torch.autograd.grad(chunked, z)
+    d = torch.cdist(z, codebook) ** 2
+    probs = F.softmax(-d / 0.5, -1)
+    avg = probs.mean(0)
+    direct = -(probs * F.log_softmax(-d / 0.5, -1)).sum(-1).mean() + (avg * torch.log(avg + 1e-5)).sum()
+    (g2,) = torch.autograd.grad(direct, z)
+    torch.testing.assert_close(chunked, direct, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(g1, g2, atol=1e-5, rtol=1e-4)
+
+
+def test_l2_normalised_codebook_embeds_unit_rows():
+    model = VQModel(VQConfig(**{**TINY, "codebook_l2_norm": True})).eval()
+    codes = model.encode(images())
+    vectors = model.embed(codes)
+    torch.testing.assert_close(vectors.norm(dim=-1), torch.ones(codes.shape))
+
+
+# -----------------------------------------------------------------------------
+# API
+
+
+def test_encode_decode_embed_shapes(tiny_vq):
+    x = images(3)
+    codes = tiny_vq.encode(x)                                            # (3, 8, 8)
+    assert codes.shape == (3, 8, 8) and codes.dtype == torch.long
+    assert 0 <= codes.min() and codes.max() < 64
+    assert tiny_vq.decode(codes).shape == (3, 3, 16, 16)
+    assert torch.equal(tiny_vq.decode(codes.flatten(1)), tiny_vq.decode(codes)), "flat square codes decode the same"
+    assert torch.equal(tiny_vq.embed(codes), tiny_vq.quantize.embedding.weight[codes])
+    assert tiny_vq.embed(codes.flatten(1)).shape == (3, 64, 8)
+    out = tiny_vq(x)
+    assert torch.equal(out.codes, codes), "forward and encode agree on the codes"
+    torch.testing.assert_close(out.recon, tiny_vq.decode(codes))
+    assert tiny_vq.encode(images(1, 32)).shape == (1, 16, 16), "any size divisible by the downsample factor"
+
+
+def test_attention_matches_reference_multi_head_math():
+    torch.manual_seed(0)
+    block = AttnBlock(32, groups=8, heads=4)
+    x = torch.randn(2, 32, 3, 5)
+    n = block.norm(x)
+    q, k, v = (m(n).reshape(2, 4, 8, 15) for m in (block.q, block.k, block.v))   # (b, head, c/head, hw)
+    w = torch.softmax(q.transpose(2, 3) @ k * 8 ** -0.5, dim=-1)                    # (b, head, hw_q, hw_k)
+    ref = x + block.proj_out((v @ w.transpose(2, 3)).reshape(2, 32, 3, 5))
+    torch.testing.assert_close(block(x), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_save_and_load_round_trip(tiny_vq, tmp_path):
+    tiny_vq.save_pretrained(tmp_path / "vq")
+    loaded = VQModel.from_pretrained(tmp_path / "vq")
+    assert loaded.config == tiny_vq.config
+    x = images()
+    assert torch.equal(loaded.encode(x), tiny_vq.encode(x))
+    torch.testing.assert_close(loaded.decode(tiny_vq.encode(x)), tiny_vq.decode(tiny_vq.encode(x)))
+    assert json.loads((tmp_path / "vq" / "config.json").read_text())["ch_mult"] == [1, 2]
+
+
+# -----------------------------------------------------------------------------
+# Upstream compatibility: key names and shapes written out from upstream's construction rules, independently of
+# star.vq (LlamaGen VQModel + multi-head attention, as used by STAR's VQ_Model).
+
+
+def upstream_shapes(ch, ch_mult, z, K, d, nrb=2, in_ch=3, out_ch=3) -> dict[str, tuple[int, ...]]:
+    sd: dict[str, tuple[int, ...]] = {}
+
+    def conv(name, cin, cout, k):
+        sd[f"{name}.weight"], sd[f"{name}.bias"] = (cout, cin, k, k), (cout,)
+
+    def norm(name, c):
+        sd[f"{name}.weight"], sd[f"{name}.bias"] = (c,), (c,)
+
+    def res(name, cin, cout):
+        norm(f"{name}.norm1", cin), conv(f"{name}.conv1", cin, cout, 3)
+        norm(f"{name}.norm2", cout), conv(f"{name}.conv2", cout, cout, 3)
+        if cin != cout:
+            conv(f"{name}.nin_shortcut", cin, cout, 1)
+
+    def attn(name, c):
+        norm(f"{name}.norm", c)
+        for p in ("q", "k", "v", "proj_out"):
+            conv(f"{name}.{p}", c, c, 1)
+
+    levels = len(ch_mult)
+    conv("encoder.conv_in", in_ch, ch, 3)
+    in_mult = (1,) + tuple(ch_mult)
+    for i in range(levels):
+        bi, bo = ch * in_mult[i], ch * ch_mult[i]
+        for j in range(nrb):
+            res(f"encoder.conv_blocks.{i}.res.{j}", bi, bo)
+            bi = bo
+            if i == levels - 1:
+                attn(f"encoder.conv_blocks.{i}.attn.{j}", bi)
+        if i != levels - 1:
+            conv(f"encoder.conv_blocks.{i}.downsample.conv", bi, bi, 3)
+    res("encoder.mid.0", bi, bi), attn("encoder.mid.1", bi), res("encoder.mid.2", bi, bi)
+    norm("encoder.norm_out", bi), conv("encoder.conv_out", bi, z, 3)
+    bi = ch * ch_mult[-1]
+    conv("decoder.conv_in", z, bi, 3)
+    res("decoder.mid.0", bi, bi), attn("decoder.mid.1", bi), res("decoder.mid.2", bi, bi)
+    for n, i in enumerate(reversed(range(levels))):
+        bo = ch * ch_mult[i]
+        for j in range(nrb + 1):
+            res(f"decoder.conv_blocks.{n}.res.{j}", bi, bo)
+            bi = bo
+            if i == levels - 1:
+                attn(f"decoder.conv_blocks.{n}.attn.{j}", bi)
+        if i != 0:
+            conv(f"decoder.conv_blocks.{n}.upsample.conv", bi, bi, 3)
+    norm("decoder.norm_out", bi), conv("decoder.conv_out", bi, out_ch, 3)
+    sd["quantize.embedding.weight"] = (K, d)
+    sd["quantize.codebook_used"] = (K + 1,) if K >= 65536 else (65536,)
+    conv("quant_conv", z, d, 1), conv("post_quant_conv", d, z, 1)
+    return sd
+
+
+def synthetic_upstream(shapes: dict, device: str = "cpu") -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    if device == "meta":
+        return {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+    return {k: torch.randn(s, generator=g) * 0.02 for k, s in shapes.items()}
+
+
+def test_star_vq_preset_matches_upstream_names_shapes_and_size():
+    cfg = preset("star-vq")
+    assert (cfg.downsample, cfg.tokens_per_image, cfg.codebook_size, cfg.code_dim) == (16, 576, 65536, 512)
+    with torch.device("meta"):
+        model = VQModel(cfg)
+    n = count_parameters(model)
+    assert abs(n - 1.06e9) / 1.06e9 < 0.01, f"star-vq should have ~1.06 B parameters, has {n:,}"
+    shapes = upstream_shapes(256, (1, 2, 2, 4, 8), 512, 65536, 512)
+    state = synthetic_upstream(shapes, device="meta")
+    report = LoadReport(source="synthetic")
+    from star.vq import convert_upstream_state_dict
+    converted = convert_upstream_state_dict(state, report)
+    assert [i.split()[0] for i in report.ignored] == ["quantize.codebook_used"]
+    checked = check_state_dict(model, converted)
+    assert checked.ok, str(checked)
+    model.load_state_dict(converted, strict=True, assign=True)            # strict, at full size, on meta
+
+
+def test_load_upstream_checkpoint_strictly_with_report(tmp_path):
+    cfg = VQConfig(**{**TINY, "norm_groups": 8, "num_res_blocks": 2, "decoder_res_blocks": None})
+    state = synthetic_upstream(upstream_shapes(16, (1, 2), 16, 64, 8))
+    torch.save(state, tmp_path / "VQ-Model.pt")
+    model, report = load_upstream_vq(tmp_path / "VQ-Model.pt", config=cfg)
+    assert report.ok and report.loaded == len(state) - 1, str(report)
+    assert "quantize.codebook_used" in report.ignored[0] and "ignored" in str(report)
+    assert torch.equal(model.quantize.embedding.weight, state["quantize.embedding.weight"])
+    assert torch.equal(model.decoder.conv_blocks[0].attn[2].proj_out.weight,
+                       state["decoder.conv_blocks.0.attn.2.proj_out.weight"])
+    # a full-model STAR checkpoint prefix and a {"model": ...} wrapper are unwrapped, and say so
+    torch.save({"model": {f"pixel_encoder.{k}": v for k, v in state.items()}, "step": 3}, tmp_path / "wrapped.pt")
+    _, report = load_upstream_vq(tmp_path / "wrapped.pt", config=cfg)
+    assert report.ok and len(report.notes) == 2, str(report)
+
+
+def test_upstream_mismatch_is_reported_never_silent(tmp_path):
+    cfg = VQConfig(**{**TINY, "num_res_blocks": 2})
+    state = synthetic_upstream(upstream_shapes(16, (1, 2), 16, 64, 8))
+    del state["encoder.conv_in.bias"]
+    state["decoder.extra.weight"] = torch.zeros(1)
+    state["quant_conv.weight"] = torch.zeros(8, 16, 3, 3)
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(KeyError) as err:
+        load_upstream_vq(tmp_path / "bad.pt", config=cfg)
+    msg = str(err.value)
+    assert "encoder.conv_in.bias" in msg and "decoder.extra.weight" in msg and "quant_conv.weight" in msg
+    model, report = load_upstream_vq(tmp_path / "bad.pt", config=cfg, strict=False)
+    assert report.missing == ["encoder.conv_in.bias"] and report.unexpected == ["decoder.extra.weight"]
+    assert len(report.mismatched) == 1 and torch.isfinite(model.quant_conv.weight).all()
+
+
+# -----------------------------------------------------------------------------
+# Bad input
+
+
+def test_bad_inputs_raise_clear_errors(tiny_vq, tmp_path):
+    with pytest.raises(ValueError, match="3-channel"):
+        tiny_vq.encode(torch.zeros(1, 4, 16, 16))
+    with pytest.raises(ValueError, match="not divisible"):
+        tiny_vq.encode(torch.zeros(1, 3, 17, 16))
+    with pytest.raises(ValueError, match="float images"):
+        tiny_vq.encode(torch.zeros(1, 3, 16, 16, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"\[0, 64\)"):
+        tiny_vq.decode(torch.full((1, 2, 2), 64))
+    with pytest.raises(ValueError, match="not a square"):
+        tiny_vq.decode(torch.zeros(1, 6, dtype=torch.long))
+    with pytest.raises(ValueError, match="norm_groups"):
+        VQConfig(ch=24, norm_groups=32)
+    with pytest.raises(ValueError, match="resolution"):
+        VQConfig(**{**TINY, "resolution": 17})
+    with pytest.raises(KeyError, match="unknown VQConfig fields"):
+        VQConfig.from_dict({"codebok_size": 3})
+    tiny_vq.save_pretrained(tmp_path / "nan")
+    from safetensors.torch import load_file, save_file
+    state = load_file(tmp_path / "nan" / "model.safetensors")
+    state["decoder.conv_out.weight"][0, 0, 0, 0] = math.nan
+    save_file(state, tmp_path / "nan" / "model.safetensors")
+    with pytest.raises(ValueError, match="NaN"):
+        VQModel.from_pretrained(tmp_path / "nan")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        VQModel.from_pretrained(tmp_path / "missing")
