@@ -27,6 +27,7 @@ from star.chat import Row, check_prompt, edit_row, reasoning_row, t2i_row, under
 from star.config import check_sampling
 from star.generate import generate_codes
 from star.model import STAR, Condition, left_pad
+from star.views import vit_inputs, vq_pixels
 
 
 @dataclass
@@ -214,28 +215,12 @@ class STARPipeline:
 
     @torch.inference_mode()
     def _encode_vq(self, images: list[Image.Image]) -> Tensor:
-        """VQ view: bilinear resize to the VQ resolution, [-1, 1], encode -> (B, h*w) codes."""
+        """VQ view -> (B, h*w) codes."""
         side = self.model.vq.config.resolution
-        arrays = [np.asarray(im.resize((side, side), Image.Resampling.BILINEAR), dtype=np.float32) for im in images]
-        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0     # (B, 3, side, side)
+        pixels = torch.stack([vq_pixels(im, side) for im in images])                      # (B, 3, side, side)
         vq = self.model.vq
-        dtype = next(vq.parameters()).dtype
-        return vq.encode(pixels.to(self.device, dtype)).flatten(1)                        # (B, h*w)
+        return vq.encode(pixels.to(self.device, next(vq.parameters()).dtype)).flatten(1)  # (B, h*w)
 
     def _vit_inputs(self, image: Image.Image, min_tokens: int | None, max_tokens: int | None):
-        """ViT view: the base's image processor -> (pixel_values (P, dim), grid_thw (1, 3), number of ViT tokens)."""
-        ip = self.image_processor
-        unit = ip.patch_size * ip.merge_size
-        if min(image.size) < unit:                 # the processor's resize needs at least one merge unit per side
-            scale = unit / min(image.size)
-            image = image.resize((max(unit, round(image.width * scale)), max(unit, round(image.height * scale))),
-                                 Image.Resampling.LANCZOS)
-        get = (lambda k: ip.size.get(k)) if isinstance(ip.size, dict) else (lambda k: getattr(ip.size, k, None))
-        size = {k: get(k) for k in ("shortest_edge", "longest_edge") if get(k) is not None}
-        if min_tokens is not None:
-            size["shortest_edge"] = unit * unit * min_tokens
-        if max_tokens is not None:
-            size["longest_edge"] = unit * unit * max_tokens
-        out = ip(images=[image], size=size, return_tensors="pt")
-        grid = out["image_grid_thw"]
-        return out["pixel_values"], grid, int(grid.prod()) // (ip.merge_size ** 2)
+        """ViT view through this model's image processor (star.views.vit_inputs)."""
+        return vit_inputs(self.image_processor, image, min_tokens, max_tokens)

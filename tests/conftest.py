@@ -12,6 +12,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny models run far faster single-threaded on a shared 2-core machine, and results do not depend on it."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 # -----------------------------------------------------------------------------
 # STAR model (star.model, star.pipeline, star.checkpoint)
 

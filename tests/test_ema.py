@@ -16,13 +16,6 @@ from star.training.toy import ToyStage
 from star.training.trainer import train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def config(out: Path, **overrides):
     base = {"out_dir": str(out), "steps": 8, "batch_size": 8, "checkpoint_every": 0, "progress": False,

@@ -13,7 +13,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from star.cli import main as cli_main
@@ -27,13 +26,6 @@ from star.shapes.sample import geneval_reference_scene
 from star.shapes.scene import Scene
 from star.shapes.text import geneval_prompts
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 QUIET = dict(log=lambda msg: None)

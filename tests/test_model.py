@@ -7,7 +7,6 @@ atol 1e-5 (observed differences are ~1e-6); "unchanged" and "copied" parameters 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -18,14 +17,6 @@ from star.pipeline import STARPipeline
 
 ATOL = 1e-5
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops are ~100x faster single-threaded on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def rgb(seed: int, size: tuple[int, int] = (64, 64)) -> Image.Image:

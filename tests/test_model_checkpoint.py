@@ -20,13 +20,6 @@ from star.model import STAR, Condition
 from conftest import tiny_vq_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def trained_model(make_star, seed: int = 3) -> STAR:
     """A tiny STAR whose trained parts no longer equal their initialisation."""

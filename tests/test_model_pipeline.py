@@ -21,13 +21,6 @@ from star.model import Condition
 from star.pipeline import STARPipeline
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture
 def pipe(make_star):

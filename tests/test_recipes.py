@@ -13,13 +13,6 @@ import torch
 from safetensors.torch import load_file
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.mark.slow
 def test_shapes_quick_recipe_end_to_end(tmp_path):
@@ -28,7 +21,8 @@ def test_shapes_quick_recipe_end_to_end(tmp_path):
     from star.cli import main
     from star.data.records import read_records
     from star.pipeline import STARPipeline
-    from star.training.data import load_rgb, vit_inputs
+    from star.training.data import load_rgb
+    from star.views import vit_inputs
     from star.training.runlog import read_log
 
     out = tmp_path / "quick"

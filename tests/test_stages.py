@@ -28,13 +28,6 @@ TINY_VQ = dict(ch=8, ch_mult=[1, 2, 2], num_res_blocks=1, decoder_res_blocks=1, 
                norm_groups=4, codebook_size=64, code_dim=8, resolution=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
@@ -135,7 +128,8 @@ def test_stage_declares_what_trains_and_a_step_moves_exactly_that(case, tmp_path
 def test_understanding_sequences_match_the_pipeline_and_the_loss_sees_only_answers(tmp_path, tiny_base_dir, dataset):
     from star.chat import understand_ids
     from star.pipeline import STARPipeline
-    from star.training.data import load_rgb, vit_inputs
+    from star.training.data import load_rgb
+    from star.views import vit_inputs
     from star.training.stage_understanding import IGNORE, UnderstandingStage, encode_conversation
 
     stage = UnderstandingStage()
@@ -429,5 +423,10 @@ def test_generation_under_torchrun_fsdp_matches_one_process(tmp_path, tiny_base_
     from safetensors.torch import load_file
 
     wa, wb = load_file(str(one / "export" / "model.safetensors")), load_file(str(two / "export" / "model.safetensors"))
-    for k in wa:
-        torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5)
+    # Sharded reductions sum gradients in another order. Adam normalises each element's step, so an element whose
+    # gradient is ~0 may step the other way (one lr-sized step, ~1e-5 here) while every other element agrees. So:
+    # (attention key biases have an exactly-zero true gradient, so theirs is pure rounding noise). Over all trained
+    # tensors together, at most 0.1% of the elements may differ by more than 1e-6, and none by more than 1e-4.
+    diffs = torch.cat([(wb[k].float() - wa[k].float()).abs().flatten() for k in wa])
+    assert diffs.max() <= 1e-4, diffs.max()
+    assert (diffs > 1e-6).float().mean() <= 1e-3, (int((diffs > 1e-6).sum()), diffs.numel())

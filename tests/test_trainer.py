@@ -31,14 +31,6 @@ from star.training.trainer import train
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls on a shared 2-core machine run ~100x faster on one thread than on two contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def toy_config(out: Path, **overrides) -> TrainConfig:
     """The toy recipe, made small and quiet; `overrides` are --set style pairs (`stage_options.dropout=0.1`)."""

@@ -18,13 +18,6 @@ TINY = dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, norm_groups=8, attn_heads=2
             code_dim=8, resolution=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def test_psnr_values():
     a = np.full((8, 8, 3), 100, dtype=np.uint8)

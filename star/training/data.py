@@ -20,12 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import Tensor
 
 from star.data.records import KINDS, ReadStats, read_records
-
 
 # -----------------------------------------------------------------------------
 # Sources: which datasets (and which record kinds) a stage reads
@@ -176,31 +173,6 @@ def load_rgb(path: str) -> Image.Image:
     return load_image(path)
 
 
-def vq_pixels(image: Image.Image, side: int) -> Tensor:
-    """The VQ view's preprocessing, exactly as star.pipeline (`_encode_vq`): bilinear resize to side x side, then
-    [-1, 1]. Returns (3, side, side) float32."""
-    array = np.asarray(image.resize((side, side), Image.Resampling.BILINEAR), dtype=np.float32)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1) / 127.5 - 1.0
-
-
-def vit_inputs(image_processor, image: Image.Image, min_tokens: int | None, max_tokens: int | None):
-    """The base ViT view, exactly as star.pipeline (`_vit_inputs`): (pixel_values (P, dim), grid_thw (1, 3), number
-    of ViT tokens in the language model). Kept in step with the pipeline by tests/test_stages.py."""
-    ip = image_processor
-    unit = ip.patch_size * ip.merge_size
-    if min(image.size) < unit:
-        scale = unit / min(image.size)
-        image = image.resize((max(unit, round(image.width * scale)), max(unit, round(image.height * scale))),
-                             Image.Resampling.LANCZOS)
-    get = (lambda k: ip.size.get(k)) if isinstance(ip.size, dict) else (lambda k: getattr(ip.size, k, None))
-    size = {k: get(k) for k in ("shortest_edge", "longest_edge") if get(k) is not None}
-    if min_tokens is not None:
-        size["shortest_edge"] = unit * unit * min_tokens
-    if max_tokens is not None:
-        size["longest_edge"] = unit * unit * max_tokens
-    out = ip(images=[image], size=size, return_tensors="pt")
-    grid = out["image_grid_thw"]
-    return out["pixel_values"], grid, int(grid.prod()) // (ip.merge_size ** 2)
 
 
 @dataclass

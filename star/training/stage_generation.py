@@ -36,9 +36,16 @@ from torch import Tensor, nn
 
 from star.training.config import OptimConfig, TrainConfig, from_dict
 from star.training.data import (
-    Mixture, RecordIndex, Warnings, load_rgb, merge_counts, parse_sources, sample_rng, vit_inputs, vq_pixels,
+    Mixture,
+    RecordIndex,
+    Warnings,
+    load_rgb,
+    merge_counts,
+    parse_sources,
+    sample_rng,
 )
 from star.training.parallel import micro_batch_ranges
+from star.views import vit_inputs, vq_pixels
 
 KINDS_OF = {"generation": ("t2i",), "editing": ("edit", "t2i")}
 
@@ -349,7 +356,7 @@ class GenerationStage:
 
         from star.base import FrozenBase
         from star.checkpoint import load_trainable
-        from star.config import AdapterConfig, HeadConfig, SamplingConfig, STARConfig, StackedARConfig
+        from star.config import AdapterConfig, HeadConfig, SamplingConfig, StackedARConfig, STARConfig
         from star.model import STAR
         from star.vq import load_vq
 

@@ -36,9 +36,16 @@ from torch import Tensor, nn
 
 from star.training.config import OptimConfig, TrainConfig, from_dict
 from star.training.data import (
-    Mixture, RecordIndex, Warnings, load_rgb, merge_counts, parse_sources, sample_rng, vit_inputs,
+    Mixture,
+    RecordIndex,
+    Warnings,
+    load_rgb,
+    merge_counts,
+    parse_sources,
+    sample_rng,
 )
 from star.training.parallel import micro_batch_ranges
+from star.views import vit_inputs
 
 CAPTION_PROMPT = "describe the image."
 CAPTION_LM_PROMPT = "describe a scene."

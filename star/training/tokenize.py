@@ -165,7 +165,8 @@ def tokenize_dataset(data_dir: str | os.PathLike, vq_spec: str | os.PathLike | N
     """
     from safetensors.torch import save_file
 
-    from star.training.data import load_rgb, vq_pixels
+    from star.training.data import load_rgb
+    from star.views import vq_pixels
     from star.vq import load_vq
 
     fingerprint = vq_fingerprint(vq_spec)
