@@ -69,6 +69,9 @@ class VQTrainConfig:
     crop_size: int | None = None
     """Train on random crops of this side (a multiple of the downsample factor, at offsets that are multiples of it,
     so codes stay on the image's cell grid); None = whole images. Cheaper steps; the model is fully convolutional."""
+    crops_per_image: int = 1
+    """Independent crops taken from every loaded image (with crop_size): a step sees batch_size * crops_per_image
+    crops for the cost of loading batch_size images."""
     steps: int = 2000
     """Optimizer steps."""
     batch_size: int = 16
@@ -156,6 +159,8 @@ class VQTrainConfig:
             raise ValueError("train.init takes its architecture from the initial weights; drop --set/--model-config")
         if self.crop_size is not None and self.crop_size <= 0:
             raise ValueError(f"train.crop_size must be > 0, got {self.crop_size}")
+        if self.crops_per_image < 1 or (self.crops_per_image > 1 and self.crop_size is None):
+            raise ValueError(f"train.crops_per_image must be >= 1 and needs crop_size, got {self.crops_per_image}")
         if self.parallel not in ("auto", "none", "ddp", "fsdp"):
             raise ValueError(f"train.parallel must be auto, none, ddp or fsdp, got {self.parallel!r}")
 
@@ -497,8 +502,7 @@ def train(cfg: VQTrainConfig) -> dict[str, Any]:
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     disc_opt = (torch.optim.AdamW(disc.parameters(), lr=cfg.disc_lr or cfg.lr, betas=(0.5, 0.9))
                 if disc is not None else None)
-    n_params = sum(p.numel() for p in unwrap(model).parameters()) if not fsdp else sum(
-        p.numel() for p in model.parameters())
+    n_params = sum(p.numel() for p in model.parameters())  # global sizes, also for FSDP2's sharded DTensors
 
     # -------------------------------------------------------------------------
     # Resume
@@ -575,7 +579,8 @@ def train(cfg: VQTrainConfig) -> dict[str, Any]:
     for images in loader:
         images = images.to(env.device, non_blocking=True)
         if cfg.crop_size is not None and cfg.crop_size < resolution:
-            images = random_aligned_crops(images, cfg.crop_size, vq_cfg.downsample, cfg.seed, step, env.rank)
+            images = random_aligned_crops(images.repeat_interleave(cfg.crops_per_image, 0), cfg.crop_size,
+                                          vq_cfg.downsample, cfg.seed, step, env.rank)
         lr = lr_at(step, cfg)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -639,6 +644,7 @@ def train(cfg: VQTrainConfig) -> dict[str, Any]:
                        "psnr": float(10 * math.log10(4.0 / max(avg["l2"] / n, 1e-12))),
                        "usage": usage, "perplexity": ppl, "restarted": int(round(restarted)),
                        "images_per_s": n * cfg.batch_size * env.world / max(time.time() - t_log, 1e-9),
+                       "samples_per_s": n * images.shape[0] * env.world / max(time.time() - t_log, 1e-9),
                        "elapsed_s": round(elapsed, 1)}
             if env.main:
                 with open(out / "log.jsonl", "a") as f:
@@ -696,6 +702,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--resolution", type=int, default=None)
     a("--crop", default=d.crop, choices=["stretch", "center"])
     a("--crop-size", type=int, default=None, help="train on random grid-aligned crops of this side")
+    a("--crops-per-image", type=int, default=1, help="crops taken from each loaded image (with --crop-size)")
     for name in ("steps", "batch_size", "warmup", "restart_every", "log_every", "sample_every", "save_every",
                  "adv_start", "seed", "num_workers"):
         a("--" + name.replace("_", "-"), type=int, default=getattr(d, name))

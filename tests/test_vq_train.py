@@ -16,12 +16,21 @@ from PIL import Image
 
 from star.image_data import ImageFileDataset, open_image_dataset, pil_to_tensor
 from star.vq import VQConfig, VQModel
-from star.vq_train import (Dist, PatchDiscriminator, PerceptualLoss, VGG16_LAYOUT, VQTrainConfig, restart_dead_codes,
-                           train)
+from star.vq_train import (VGG16_LAYOUT, Dist, PatchDiscriminator, PerceptualLoss, VQTrainConfig,
+                           restart_dead_codes, train)
 
 TINY = dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, norm_groups=8, attn_heads=2, z_channels=16, codebook_size=32,
             code_dim=8, resolution=16)
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: fastest on a shared 2-core machine; restored for the other test modules."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture
@@ -98,11 +107,13 @@ def test_train_writes_run_folder_and_resumes_exactly(image_dir, tiny_config, tmp
     model = VQModel.from_pretrained(straight / "model")
     assert model.config == VQConfig(**TINY)
 
+    crops = dict(crop_size=8, crops_per_image=2)                               # grid-aligned random crops
+    train(run_cfg(tmp_path / "crops", image_dir, tiny_config, steps=4, **crops))
     split = tmp_path / "split"
-    train(run_cfg(split, image_dir, tiny_config, steps=4, time_limit=1e-9))   # stops (and saves) after step 1
+    train(run_cfg(split, image_dir, tiny_config, steps=4, time_limit=1e-9, **crops))   # stops (and saves) at step 1
     assert torch.load(split / "checkpoint.pt", weights_only=False)["step"] == 1
-    train(run_cfg(split, image_dir, tiny_config, steps=4, resume=True))
-    a, b = weights(straight), weights(split)
+    train(run_cfg(split, image_dir, tiny_config, steps=4, resume=True, **crops))
+    a, b = weights(tmp_path / "crops"), weights(split)
     assert all(torch.equal(a[k], b[k]) for k in a), "a resumed run must end bit-identical to an uninterrupted one"
 
 
@@ -116,6 +127,17 @@ def test_resume_refuses_nan_checkpoint_and_other_config(image_dir, tiny_config, 
         train(run_cfg(out, image_dir, tiny_config, steps=4, resume=True))
     with pytest.raises(ValueError, match="different VQ config"):
         train(run_cfg(out, image_dir, tiny_config, steps=4, resume=True, overrides={"codebook_size": 16}))
+
+
+def test_random_crops_stay_on_the_code_grid():
+    from star.vq_train import random_aligned_crops
+    ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    images = torch.stack([ys, xs, ys]).expand(32, 3, 64, 64)
+    crops = random_aligned_crops(images, 32, 16, seed=0, step=3, rank=0)          # (32, 3, 32, 32)
+    assert crops.shape == (32, 3, 32, 32)
+    assert (crops[:, :2, 0, 0] % 16 == 0).all(), "crop offsets are multiples of the downsample factor"
+    assert len({tuple(c[:2, 0, 0].tolist()) for c in crops}) > 1, "offsets vary across the batch"
+    assert torch.equal(crops, random_aligned_crops(images, 32, 16, seed=0, step=3, rank=0)), "deterministic"
 
 
 def test_dead_code_restart_reseeds_only_unused_codes():
