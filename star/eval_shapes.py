@@ -4,6 +4,7 @@
     star eval shapes --suite wise --reasoning --model runs/stage2/model --out runs/eval/wise-r
     star eval shapes --suite imgedit --out DIR --limit 2                          # 2 items per edit type (smoke run)
     star eval shapes --suite vqa --out DIR                                        # the frozen base's understanding
+    star eval shapes --suite vqa --model runs/shapes/base --out DIR               # a base folder on its own
 
 Suites (research/eval.md §10; docs/eval.md has the details):
   geneval  ShapeGenEval prompts (text.geneval_prompts), K images each -> GenEval's folder layout -> the GenEval port
@@ -633,7 +634,7 @@ def write_report(summary: dict, path: Path) -> Path:
     c = s["counts"]
     lines = [f"# ShapeWorld eval: {suite}", "",
              f"- model: `{s['model']}`", f"- reasoning: {s['reasoning']}",
-             f"- sampling (effective): " + ", ".join(f"{k}={v}" for k, v in s["sampling"]["effective"].items()),
+             "- sampling (effective): " + ", ".join(f"{k}={v}" for k, v in s["sampling"]["effective"].items()),
              f"- seed: {s['seed']}, limit per task: {s['limit']}, resolution: {s['resolution']}"
              + (f", images per prompt: {s['images_per_prompt']}" if "images_per_prompt" in s else ""), "",
              f"**Overall: {_fmt(s['overall'], suite)}** — {s['headline']}.", "",
@@ -732,7 +733,7 @@ def run(args: argparse.Namespace) -> int:
                      temperature=args.temperature, batch_size=args.batch_size, reasoning=args.reasoning,
                      max_new_tokens=args.max_new_tokens, resolution=args.resolution,
                      model=str(Path(args.model).resolve()) if args.model else str(DEFAULT_MODEL))
-    pipe = load_pipeline(args)
+    pipe = load_pipeline(args, understanding_only=cfg.suite == "vqa")    # vqa also takes a bare base folder
     summary = evaluate(pipe, cfg, log=(lambda msg: None) if args.quiet else None)
     c = summary["counts"]
     overall = _fmt(summary["overall"], cfg.suite)

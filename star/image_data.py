@@ -4,7 +4,8 @@ Every dataset here yields float tensors (3, R, R) in [-1, 1] (the project's imag
 `DistributedSampler` shards it across ranks. `open_image_dataset(spec, resolution)` picks the reader from a string:
 
     "shapeworld"            ShapeWorld scenes rendered on the fly (aligned world, training seed), 1,000,000 indices
-    "shapeworld:N:SEED"     N scenes from sampler seed SEED (deterministic per index: scene i is the same everywhere)
+    "shapeworld:N:SEED:V"   N scenes from sampler seed SEED (scene i is the same everywhere), a fraction V of them
+                            varied (other backgrounds, sizes, hollow; default 0.2), the rest default scenes
     DIR with manifest.json  a star-records dataset (star.data.records; also a single .jsonl shard): its images
     DIR                     every image file under DIR, recursively (png, jpg, jpeg, webp, bmp, gif, tif, tiff)
     FILE.txt                one image path per line (relative paths are relative to the list file)
@@ -28,6 +29,7 @@ from torch.utils.data import Dataset
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SHAPEWORLD_TRAIN_SEED = 0
 SHAPEWORLD_EVAL_SEED = 2024  # held-out scenes for `star eval vq` (a different seed stream from training)
+MAX_CACHED = 50_000  # ShapeWorld pools up to this size keep their renders in memory (about 2.5 GB at 128^2)
 
 
 def pil_to_tensor(image: Image.Image, resolution: int | None = None,
@@ -111,21 +113,26 @@ class ShapeWorldDataset(Dataset):
     """ShapeWorld scenes rendered on the fly; index i always gives the same scene (seeded by (seed, i))."""
 
     def __init__(self, size: int = 1_000_000, resolution: int | None = None, seed: int = SHAPEWORLD_TRAIN_SEED,
-                 aligned: bool = True):
+                 aligned: bool = True, varied: float = 0.2, cache: bool | None = None):
         from star.shapes import vocab
 
         if size <= 0:
             raise ValueError(f"ShapeWorldDataset size must be > 0, got {size}")
-        self.size, self.seed, self.aligned = size, seed, aligned
+        if not 0.0 <= varied <= 1.0:
+            raise ValueError(f"ShapeWorldDataset varied must be in [0, 1], got {varied}")
+        self.size, self.seed, self.aligned, self.varied = size, seed, aligned, varied
+        # Rendering (~35 ms a scene) costs as much CPU as a training step of the small tokenizer, so a finite pool
+        # is rendered once per process and kept as uint8 (49 KB a 128^2 image); large pools render every time.
+        self.cache: dict[int, Tensor] | None = {} if (size <= MAX_CACHED if cache is None else cache) else None
         self.resolution = resolution or vocab.DEFAULT_RESOLUTION
 
     def __len__(self) -> int:
         return self.size
 
     def scene(self, i: int):
-        """Scene i, drawn like the project's datasets: half default scenes (1-4 medium objects on gray, what the
-        prompts produce), a quarter on a random background, a quarter with every size band, any background and some
-        hollow objects (what edits produce). Held-out colour/shape pairs never appear (split "train")."""
+        """Scene i. A fraction 1 - `varied` are default scenes (1-4 medium objects on gray: what prompts produce);
+        of the varied ones, half are medium objects on a random background and half mix every size band, any
+        background and some hollow objects (what edits produce). Held-out colour/shape pairs never appear."""
         from dataclasses import replace
 
         from star.shapes import vocab
@@ -134,11 +141,11 @@ class ShapeWorldDataset(Dataset):
 
         rng = np.random.default_rng([self.seed, i])
         u = rng.random()
-        if u < 0.5:
+        if u >= self.varied:
             return random_scene(rng, aligned=self.aligned)
         backgrounds = tuple(vocab.BACKGROUNDS)
         background = backgrounds[int(rng.integers(len(backgrounds)))]
-        if u < 0.75:
+        if u < self.varied / 2:
             return random_scene(rng, aligned=self.aligned, background=background)
         for n in range(int(rng.integers(1, 6)), 0, -1):
             try:
@@ -156,7 +163,11 @@ class ShapeWorldDataset(Dataset):
         return render(self.scene(i), resolution=self.resolution)
 
     def __getitem__(self, i: int) -> Tensor:
-        return pil_to_tensor(self.image(i))
+        if self.cache is None:
+            return pil_to_tensor(self.image(i))
+        if i not in self.cache:
+            self.cache[i] = torch.from_numpy(np.asarray(self.image(i), dtype=np.uint8).copy()).permute(2, 0, 1)
+        return self.cache[i].float() / 127.5 - 1.0
 
 
 def open_image_dataset(spec: str, resolution: int, crop: Literal["stretch", "center"] = "stretch") -> Dataset:
@@ -165,10 +176,11 @@ def open_image_dataset(spec: str, resolution: int, crop: Literal["stretch", "cen
         parts = spec.split(":")[1:]
         try:
             size = int(parts[0]) if parts and parts[0] else 1_000_000
-            seed = int(parts[1]) if len(parts) > 1 else SHAPEWORLD_TRAIN_SEED
+            seed = int(parts[1]) if len(parts) > 1 and parts[1] else SHAPEWORLD_TRAIN_SEED
+            varied = float(parts[2]) if len(parts) > 2 else 0.2
         except ValueError as exc:
-            raise ValueError(f"bad ShapeWorld spec {spec!r}; use shapeworld[:N[:SEED]]") from exc
-        return ShapeWorldDataset(size=size, resolution=resolution, seed=seed)
+            raise ValueError(f"bad ShapeWorld spec {spec!r}; use shapeworld[:N[:SEED[:VARIED]]]") from exc
+        return ShapeWorldDataset(size=size, resolution=resolution, seed=seed, varied=varied)
     path = Path(spec)
     if (path.is_dir() and (path / "manifest.json").is_file()) or (path.is_file() and path.suffix == ".jsonl"):
         return ImageFileDataset.from_records(path, resolution, crop)

@@ -64,6 +64,87 @@ def _as_list(value, name: str) -> list:
     return items
 
 
+def check_length(rows: list, special, limit: int, max_positions: int, new_tokens: int) -> None:
+    """Refuse prompts longer than `limit` text tokens (chat template included, image placeholders not counted) and
+    sequences that would outgrow the base's positions."""
+    placeholders = (special.vision_pad, special.image_pad)
+    for ids in rows:
+        ids = ids.ids if isinstance(ids, Row) else ids
+        text = sum(1 for t in ids if t not in placeholders)
+        if text > limit:
+            raise ValueError(f"prompt is too long: {text} tokens with the chat template, the limit is {limit} "
+                             f"(STARConfig.max_prompt_tokens); shorten it")
+        if len(ids) + new_tokens > max_positions:
+            raise ValueError(f"sequence of {len(ids)} + {new_tokens} tokens exceeds the base's "
+                             f"{max_positions} positions; shorten the prompt")
+
+
+class BasePipeline:
+    """The frozen base on its own: image + question -> answer with the base's own `generate`.
+
+    STAR's understanding is exactly this (STARPipeline.understand delegates here), so a base folder can be evaluated
+    before any stacked layer exists, e.g. right after the understanding stage (`star understand --model BASE_DIR`,
+    `star eval shapes --suite vqa --model BASE_DIR`)."""
+
+    def __init__(self, base, *, vit_max_tokens: int | None = None, max_prompt_tokens: int = 512):
+        from star.chat import SpecialTokens
+
+        if base.tokenizer is None or base.image_processor is None:
+            raise ValueError("the base has no tokenizer / image processor; load it with FrozenBase.from_pretrained")
+        self.base, self.vit_max_tokens, self.max_prompt_tokens = base, vit_max_tokens, max_prompt_tokens
+        self.tokenizer, self.image_processor = base.tokenizer, base.image_processor
+        self.special = SpecialTokens.from_tokenizer(base.tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None,
+                        dtype: torch.dtype | None = None, **kwargs) -> "BasePipeline":
+        from star.base import FrozenBase
+
+        return cls(FrozenBase.from_pretrained(path, device=device, dtype=dtype), **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.device
+
+    @torch.inference_mode()
+    def understand(self, image, prompt: str | list[str], *, max_new_tokens: int = 256, temperature: float = 0.0,
+                   top_k: int = 0, top_p: float = 1.0, seed: int | None = None, generator=None) -> list[str]:
+        """Answer each question (about `image`: None, one image, or one per question) with the base's own
+        `generate`. temperature 0 = greedy."""
+        prompts = [check_prompt(p, "question") for p in _as_list(prompt, "prompt")]
+        images = _as_list(image, "image")
+        if len(images) == 1:
+            images = images * len(prompts)
+        if len(images) != len(prompts):
+            raise ValueError(f"got {len(images)} images for {len(prompts)} questions; pass one image, or one per "
+                             f"question")
+        check_sampling(1.0, top_k, top_p, temperature)
+        vit = [None if im is None else vit_inputs(self.image_processor, load_image(im), None, self.vit_max_tokens)
+               for im in images]
+        rows = [understand_ids(self.tokenizer, self.special, q, None if v is None else v[2])
+                for q, v in zip(prompts, vit)]
+        check_length(rows, self.special, self.max_prompt_tokens, self.base.text_config.max_position_embeddings,
+                     max_new_tokens)
+        ids, mask = (t.to(self.device) for t in left_pad(rows, self.special.end_of_text))    # (B, T)
+        inputs = dict(input_ids=ids, attention_mask=mask, mm_token_type_ids=(ids == self.special.image_pad).int())
+        if any(v is not None for v in vit):
+            inputs["pixel_values"] = torch.cat([v[0] for v in vit if v is not None]).to(self.device)
+            inputs["image_grid_thw"] = torch.cat([v[1] for v in vit if v is not None]).to(self.device)
+        sampling = (dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p)   # top_k 0 = off
+                    if temperature > 0 else dict(do_sample=False, temperature=None, top_k=None, top_p=None))
+        if generator is not None and seed is None:
+            seed = generator.initial_seed()
+        cuda = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+            if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = self.base.generate(**inputs, max_new_tokens=max_new_tokens,
+                                           pad_token_id=self.special.end_of_text, **sampling)
+        return self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+
+
+
 class STARPipeline:
     def __init__(self, model: STAR):
         if model.base.tokenizer is None or model.base.image_processor is None:
@@ -73,6 +154,8 @@ class STARPipeline:
         self.tokenizer = model.base.tokenizer
         self.image_processor = model.base.image_processor
         self.special = model.special
+        self.base_pipeline = BasePipeline(model.base, vit_max_tokens=model.config.understand_vit_max_tokens,
+                                          max_prompt_tokens=model.config.max_prompt_tokens)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None,
@@ -103,41 +186,11 @@ class STARPipeline:
         codes = self._generate(cond, guidance_scale, top_k, top_p, temperature, seed, generator)
         return ImageOutput(*self._decode(codes))
 
-    @torch.inference_mode()
     def understand(self, image, prompt: str | list[str], *, max_new_tokens: int = 256, temperature: float = 0.0,
                    top_k: int = 0, top_p: float = 1.0, seed: int | None = None, generator=None) -> list[str]:
-        """Answer each question (about `image`: None, one image, or one per question) with the frozen base's own
-        `generate`; the stacked AR is not involved. temperature 0 = greedy."""
-        prompts = [check_prompt(p, "question") for p in _as_list(prompt, "prompt")]
-        images = _as_list(image, "image")
-        if len(images) == 1:
-            images = images * len(prompts)
-        if len(images) != len(prompts):
-            raise ValueError(f"got {len(images)} images for {len(prompts)} questions; pass one image, or one per "
-                             f"question")
-        check_sampling(1.0, top_k, top_p, temperature)
-        max_tokens = self.model.config.understand_vit_max_tokens
-        vit = [None if im is None else self._vit_inputs(load_image(im), None, max_tokens) for im in images]
-        rows = [understand_ids(self.tokenizer, self.special, q, None if v is None else v[2])
-                for q, v in zip(prompts, vit)]
-        self._check_length(rows, max_new_tokens)
-        ids, mask = (t.to(self.device) for t in left_pad(rows, self.special.end_of_text))    # (B, T)
-        inputs = dict(input_ids=ids, attention_mask=mask, mm_token_type_ids=(ids == self.special.image_pad).int())
-        if any(v is not None for v in vit):
-            inputs["pixel_values"] = torch.cat([v[0] for v in vit if v is not None]).to(self.device)
-            inputs["image_grid_thw"] = torch.cat([v[1] for v in vit if v is not None]).to(self.device)
-        sampling = (dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p)   # top_k 0 = off
-                    if temperature > 0 else dict(do_sample=False, temperature=None, top_k=None, top_p=None))
-        if generator is not None and seed is None:
-            seed = generator.initial_seed()
-        cuda = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
-            if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
-            if seed is not None:
-                torch.manual_seed(seed)
-            out = self.model.base.generate(**inputs, max_new_tokens=max_new_tokens,
-                                           pad_token_id=self.special.end_of_text, **sampling)
-        return self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+        """Answer each question with the frozen base (BasePipeline.understand); the stacked AR is not involved."""
+        return self.base_pipeline.understand(image, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+                                             top_k=top_k, top_p=top_p, seed=seed, generator=generator)
 
     # --- conditions (what the decode loop starts from) ---------------------------
     def t2i_condition(self, prompt: str | list[str], *, num_images: int = 1, reasoning: bool = False,
@@ -174,18 +227,8 @@ class STARPipeline:
 
     # --- helpers ------------------------------------------------------------------
     def _check_length(self, rows: list, new_tokens: int) -> None:
-        placeholders = (self.special.vision_pad, self.special.image_pad)
-        limit = self.model.config.max_prompt_tokens
-        max_positions = self.model.base.text_config.max_position_embeddings
-        for ids in rows:
-            ids = ids.ids if isinstance(ids, Row) else ids
-            text = sum(1 for t in ids if t not in placeholders)
-            if text > limit:
-                raise ValueError(f"prompt is too long: {text} tokens with the chat template, the limit is {limit} "
-                                 f"(STARConfig.max_prompt_tokens); shorten it")
-            if len(ids) + new_tokens > max_positions:
-                raise ValueError(f"sequence of {len(ids)} + {new_tokens} tokens exceeds the base's "
-                                 f"{max_positions} positions; shorten the prompt")
+        check_length(rows, self.special, self.model.config.max_prompt_tokens,
+                     self.model.base.text_config.max_position_embeddings, new_tokens)
 
     def _condition(self, rows: list[Row], **images) -> Condition:
         if len(rows) == 0:

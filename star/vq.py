@@ -61,6 +61,10 @@ class VQConfig:
     """Channels of the input images (3 = RGB)."""
     out_channels: int = 3
     """Channels of the decoded images."""
+    patch_size: int = 1
+    """Space-to-depth factor of the stem: the encoder first folds p x p pixel patches into channels (pixel_unshuffle)
+    and the decoder ends by unfolding them (pixel_shuffle); 1 = none (upstream). Downsample = p * 2**(len(ch_mult)-1).
+    A large p trades the full-resolution convolutions (most of the compute) for width at low resolution."""
     ch: int = 128
     """Base channel width; level i of the encoder/decoder has ch * ch_mult[i] channels."""
     ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
@@ -96,7 +100,8 @@ class VQConfig:
 
     def __post_init__(self):
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
-        positive = ("in_channels", "out_channels", "ch", "num_res_blocks", "attn_heads", "z_channels", "norm_groups",
+        positive = ("in_channels", "out_channels", "patch_size", "ch", "num_res_blocks", "attn_heads", "z_channels",
+                "norm_groups",
                     "codebook_size", "code_dim", "resolution", "search_block")
         for name in positive:
             if int(getattr(self, name)) <= 0:
@@ -118,12 +123,12 @@ class VQConfig:
             raise ValueError("vq.commit_beta and vq.entropy_loss_ratio must be >= 0 and vq.entropy_temperature > 0")
         if self.resolution % self.downsample:
             raise ValueError(f"vq.resolution={self.resolution} must be divisible by the downsample factor "
-                             f"{self.downsample} (2**(len(ch_mult)-1))")
+                             f"{self.downsample} (patch_size * 2**(len(ch_mult)-1))")
 
     @property
     def downsample(self) -> int:
         """Pixels per code along each side."""
-        return 2 ** (len(self.ch_mult) - 1)
+        return self.patch_size * 2 ** (len(self.ch_mult) - 1)
 
     @property
     def dec_blocks(self) -> int:
@@ -151,9 +156,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Upstream STAR-VQ exactly: 16x downsampling, 384^2 -> 24x24 = 576 codes, 65,536 x 512 codebook (~1.06 B params).
     "star-vq": dict(ch=256, ch_mult=(1, 2, 2, 4, 8), num_res_blocks=2, decoder_res_blocks=3, attn_heads=8,
                     z_channels=512, codebook_size=65536, code_dim=512, codebook_l2_norm=False, resolution=384),
-    # ShapeWorld: 128^2 -> 8x8 = 64 codes, one per 16-px grid cell; sized to train on 2 CPU cores (see docs/vq.md).
-    "shapes": dict(ch=16, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=1, decoder_res_blocks=1, attn_heads=4,
-                   z_channels=64, norm_groups=16, codebook_size=512, code_dim=8, codebook_l2_norm=True,
+    # ShapeWorld: 128^2 -> 8x8 = 64 codes, one per 16-px grid cell: a 16x16 space-to-depth stem, then every layer at
+    # 8x8 (the full-resolution convolutions cost most and learn slowest on 2 CPU cores; see docs/vq.md).
+    "shapes": dict(patch_size=16, ch=128, ch_mult=(1,), num_res_blocks=2, decoder_res_blocks=2, attn_heads=4,
+                   z_channels=64, norm_groups=32, codebook_size=512, code_dim=16, codebook_l2_norm=False,
                    resolution=128),
 }
 
@@ -246,7 +252,8 @@ class Encoder(nn.Module):
     def __init__(self, cfg: VQConfig):
         super().__init__()
         g, levels = cfg.norm_groups, len(cfg.ch_mult)
-        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, 3, padding=1)
+        self.patch = cfg.patch_size
+        self.conv_in = nn.Conv2d(cfg.in_channels * self.patch ** 2, cfg.ch, 3, padding=1)
         self.conv_blocks = nn.ModuleList()
         block_in = cfg.ch
         for i, mult in enumerate(cfg.ch_mult):
@@ -267,6 +274,8 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, cfg.z_channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, 3, H, W) -> (B, z, H/f, W/f)
+        if self.patch > 1:
+            x = F.pixel_unshuffle(x, self.patch)                          # (B, 3*p*p, H/p, W/p)
         h = self.conv_in(x)
         for level in self.conv_blocks:
             for j, res in enumerate(level.res):
@@ -304,7 +313,8 @@ class Decoder(nn.Module):
                 level.upsample = Upsample(block_in)
             self.conv_blocks.append(level)
         self.norm_out = _norm(block_in, g)
-        self.conv_out = nn.Conv2d(block_in, cfg.out_channels, 3, padding=1)
+        self.patch = cfg.patch_size
+        self.conv_out = nn.Conv2d(block_in, cfg.out_channels * self.patch ** 2, 3, padding=1)
 
     def forward(self, z: Tensor) -> Tensor:  # (B, z, h, w) -> (B, 3, h*f, w*f)
         h = self.conv_in(z)
@@ -317,7 +327,8 @@ class Decoder(nn.Module):
                     h = level.attn[j](h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(F.silu(self.norm_out(h)))                      # (B, 3*p*p, H/p, W/p)
+        return F.pixel_shuffle(out, self.patch) if self.patch > 1 else out
 
 
 # -----------------------------------------------------------------------------
@@ -388,6 +399,69 @@ def entropy_loss(z: Tensor, codebook: Tensor, temperature: float, block: int = 1
     return ent_sum / n + (avg * torch.log(avg + 1e-5)).sum()
 
 
+def _code_ce_chunk(z: Tensor, codebook: Tensor, targets: Tensor) -> Tensor:
+    d = z.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1)[None] - 2 * z @ codebook.t()   # (n_t, K)
+    return F.cross_entropy(-d, targets, reduction="sum")
+
+
+def code_cross_entropy(z: Tensor, codebook: Tensor, targets: Tensor, block: int = 1 << 24) -> Tensor:
+    """Mean cross-entropy of picking `targets` (N,) when the logits of z (N, d) are minus its squared distances to
+    the codebook (K, d): it pulls each latent towards its target code and away from the others. Computed in token
+    chunks of at most `block` distances, each recomputed in the backward pass (memory: one chunk)."""
+    n, k = z.shape[0], codebook.shape[0]
+    chunk = max(1, block // k)
+    total = z.new_zeros((), dtype=torch.float32)
+    for t0 in range(0, n, chunk):
+        total = total + checkpoint(_code_ce_chunk, z[t0:t0 + chunk].float(), codebook.float(), targets[t0:t0 + chunk],
+                                   use_reentrant=False)
+    return total / n
+
+
+@torch.no_grad()
+def kmeans_codebook(z: Tensor, k: int, iters: int = 10, *, l2_norm: bool = False,
+                    generator: torch.Generator | None = None, block: int = 1 << 24) -> Tensor:
+    """k centroids of the rows of z (N, d) by Lloyd's algorithm, seeded k-means++ style -> (k, d) fp32.
+
+    Seeding draws each centre with probability proportional to the squared distance to the nearest centre so far,
+    in rounds of k/8 centres at a time (one chunked distance pass per round). A centre left without points is
+    re-seeded at the point worst served by the current centres. With `l2_norm` the rows and centres are unit vectors
+    (spherical k-means, matching a cosine codebook). Deterministic for a given `generator`.
+    """
+    if z.ndim != 2 or z.shape[0] == 0:
+        raise ValueError(f"kmeans_codebook expects a non-empty (N, d) tensor, got {tuple(z.shape)}")
+    if k <= 0 or iters < 0:
+        raise ValueError(f"kmeans_codebook needs k > 0 and iters >= 0, got k={k}, iters={iters}")
+    if z.shape[0] < k:
+        raise ValueError(f"kmeans_codebook needs at least k={k} latents, got {z.shape[0]}; encode more images")
+    z = z.float()
+    if l2_norm:
+        z = F.normalize(z, dim=-1)
+    n = z.shape[0]
+    first = torch.randint(0, n, (1,), generator=generator)
+    centres = z[first]                                                   # (1, d)
+    dist = nearest_codes(z, centres, block=block)[1].clamp_min(0)
+    per_round = max(1, k // 8)
+    while centres.shape[0] < k:
+        m = min(per_round, k - centres.shape[0])
+        weights = dist.double() if float(dist.sum()) > 0 else torch.ones(n, dtype=torch.float64)
+        pick = torch.multinomial(weights, m, replacement=m > int((weights > 0).sum()), generator=generator)
+        new = z[pick]
+        centres = torch.cat([centres, new])
+        dist = torch.minimum(dist, nearest_codes(z, new, block=block)[1].clamp_min(0))
+    for _ in range(iters):
+        codes, dist = nearest_codes(z, centres, block=block)
+        sums = torch.zeros_like(centres).index_add_(0, codes, z)
+        counts = torch.bincount(codes, minlength=k).float()
+        filled = counts > 0
+        centres[filled] = sums[filled] / counts[filled, None]
+        empty = torch.nonzero(~filled).flatten()
+        if empty.numel():                                                # worst-served points become centres
+            centres[empty] = z[dist.clamp_min(0).topk(min(empty.numel(), n)).indices[:empty.numel()]]
+        if l2_norm:
+            centres = F.normalize(centres, dim=-1)
+    return centres
+
+
 @dataclass
 class QuantizerOutput:
     z_q: Tensor              # (B, d, h, w) quantized latents with straight-through gradient to z
@@ -396,6 +470,8 @@ class QuantizerOutput:
     commit_loss: Tensor      # () beta * ||z - sg(e)||^2
     entropy_loss: Tensor     # () entropy_loss_ratio * entropy term (0 when off)
     z: Tensor                # (B*h*w, d) the (normalised when l2) latents that were quantized, detached
+    errors: Tensor           # (B*h*w,) squared distance of each latent to its code (quantization error), detached
+    target_ce: Tensor        # () cross-entropy of choosing the given target codes by distance (0 without targets)
 
 
 class VectorQuantizer(nn.Module):
@@ -420,13 +496,20 @@ class VectorQuantizer(nn.Module):
     def reset_usage(self) -> None:
         self.usage_counts.zero_()
 
-    def forward(self, z: Tensor) -> QuantizerOutput:  # z: (B, d, h, w)
+    def forward(self, z: Tensor, bypass: bool = False, targets: Tensor | None = None
+                ) -> QuantizerOutput:  # z: (B, d, h, w), targets: (B, h, w)
+        """Nearest-code quantization with the straight-through estimator.
+
+        Warm-up modes (star.vq_train): `bypass` hands the (normalised) latents themselves to the decoder (autoencoder
+        warm-up); `targets` hands the decoder the rows of given codes instead of the nearest ones and adds
+        `target_ce`, the cross-entropy of choosing them by distance (dictionary warm-up). The nearest codes, their
+        usage and the codebook/commitment losses are computed in every mode."""
         b, d, h, w = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, d)                       # (B*h*w, d)
         if self.cfg.codebook_l2_norm:
             flat = F.normalize(flat, dim=-1)
         codebook = self.codebook()                                         # (K, d)
-        codes, _ = nearest_codes(flat.detach(), codebook.detach(), block=self.cfg.search_block)
+        codes, dist = nearest_codes(flat.detach(), codebook.detach(), block=self.cfg.search_block)
         e = F.embedding(codes, codebook)                                   # (B*h*w, d), gathers rows only
         zero = flat.new_zeros(())
         if self.training:
@@ -437,9 +520,20 @@ class VectorQuantizer(nn.Module):
         if self.training and self.cfg.entropy_loss_ratio > 0:
             ent = self.cfg.entropy_loss_ratio * entropy_loss(flat, codebook, self.cfg.entropy_temperature,
                                                              self.cfg.search_block)
-        z_q = flat + (e - flat).detach()                                   # straight-through estimator
+        target_ce = zero
+        if targets is not None:
+            if targets.shape != (b, h, w):
+                raise ValueError(f"targets must be (B, h, w) = {(b, h, w)}, got {tuple(targets.shape)}")
+            targets = targets.reshape(-1)
+            z_q = F.embedding(targets, codebook)                           # the decoder learns to draw these codes
+            target_ce = code_cross_entropy(flat, codebook, targets, self.cfg.search_block)
+        elif bypass:
+            z_q = flat
+        else:
+            z_q = flat + (e - flat).detach()                               # straight-through estimator
         z_q = z_q.reshape(b, h, w, d).permute(0, 3, 1, 2)
-        return QuantizerOutput(z_q, codes.reshape(b, h, w), codebook_loss, commit_loss, ent, flat.detach())
+        return QuantizerOutput(z_q, codes.reshape(b, h, w), codebook_loss, commit_loss, ent, flat.detach(),
+                               dist.clamp_min(0), target_ce)
 
 
 # -----------------------------------------------------------------------------
@@ -454,6 +548,8 @@ class VQOutput:
     commit_loss: Tensor      # ()
     entropy_loss: Tensor     # ()
     latents: Tensor          # (B*h*w, d) pre-quantization latents (detached), for dead-code restarts
+    errors: Tensor           # (B*h*w,) their squared distance to the chosen code
+    target_ce: Tensor        # () see QuantizerOutput
 
 
 class VQModel(nn.Module):
@@ -538,10 +634,12 @@ class VQModel(nn.Module):
         vectors = self.embed(codes).permute(0, 3, 1, 2)                    # (B, d, h, w)
         return self.decode_latents(vectors.to(self.post_quant_conv.weight.dtype))
 
-    def forward(self, images: Tensor) -> VQOutput:
-        """Training/eval pass: images -> quantize (straight-through) -> reconstruction and the quantizer losses."""
-        q = self.quantize(self.encode_latents(images))
-        return VQOutput(self.decode_latents(q.z_q), q.codes, q.codebook_loss, q.commit_loss, q.entropy_loss, q.z)
+    def forward(self, images: Tensor, bypass: bool = False, targets: Tensor | None = None) -> VQOutput:
+        """Training/eval pass: images -> quantize (straight-through) -> reconstruction and the quantizer losses.
+        `bypass` / `targets`: the warm-up modes of VectorQuantizer.forward."""
+        q = self.quantize(self.encode_latents(images), bypass=bypass, targets=targets)
+        return VQOutput(self.decode_latents(q.z_q), q.codes, q.codebook_loss, q.commit_loss, q.entropy_loss, q.z,
+                        q.errors, q.target_ce)
 
     # --- persistence ------------------------------------------------------------
     @classmethod

@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,9 @@ class InceptionFeatures:
             raise FileNotFoundError(f"Inception weights {p} not found; rFID needs a local TorchScript file "
                                     f"(inception-2015-12-05.pt). Nothing is downloaded.")
         try:
-            self.net = torch.jit.load(str(p), map_location=device).eval()
+            with warnings.catch_warnings():  # TorchScript is how these Inception ports ship; its loader is deprecated
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.net = torch.jit.load(str(p), map_location=device).eval()
         except RuntimeError as exc:
             raise ValueError(f"{p} is not a TorchScript Inception module: {exc}") from exc
         self.device = device
@@ -195,8 +198,11 @@ def evaluate(model: VQModel, data: str = "shapeworld", n: int = 500, batch_size:
     cfg = model.config
     resolution = resolution or cfg.resolution
     is_shapeworld = data == "shapeworld" or data.startswith("shapeworld:")
-    if data == "shapeworld":
-        dataset = ShapeWorldDataset(size=n, resolution=resolution, seed=SHAPEWORLD_EVAL_SEED)
+    if is_shapeworld:  # held-out scenes: the evaluation seed unless the spec names one
+        parts = data.split(":")[1:]
+        dataset = ShapeWorldDataset(size=int(parts[0]) if parts and parts[0] else n, resolution=resolution,
+                                    seed=int(parts[1]) if len(parts) > 1 and parts[1] else SHAPEWORLD_EVAL_SEED,
+                                    varied=float(parts[2]) if len(parts) > 2 else 0.2)
     else:
         dataset = open_image_dataset(data, resolution)
     n = min(n, len(dataset))

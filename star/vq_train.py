@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
 from star.image_data import open_image_dataset, tensor_to_uint8
-from star.vq import PRESETS, VQConfig, VQModel, load_vq, preset, save_folder
+from star.vq import PRESETS, VQConfig, VQModel, kmeans_codebook, load_vq, nearest_codes, preset, save_folder
 
 
 # -----------------------------------------------------------------------------
@@ -94,6 +94,8 @@ class VQTrainConfig:
     """Weight of the L1 reconstruction loss."""
     l2_weight: float = 1.0
     """Weight of the L2 reconstruction loss."""
+    edge_weight: float = 0.0
+    """Weight of the edge loss: L1 between the neighbour differences of reconstruction and image (see vq_loss)."""
     perceptual_weight: float = 0.0
     """Weight of the perceptual loss; needs `perceptual_weights`."""
     perceptual_weights: str | None = None
@@ -106,6 +108,21 @@ class VQTrainConfig:
     """Step at which the adversarial loss switches on."""
     disc_lr: float | None = None
     """Discriminator learning rate (None = lr)."""
+    ae_warmup: int = 0
+    """Train the first N steps as a plain autoencoder (the decoder gets the unquantized latents), then initialise the
+    codebook by k-means on encoder latents and train as a VQ from there; 0 = quantize from the first step. On
+    ShapeWorld this skips the long phase where a randomly initialised codebook decodes every cell as background."""
+    dict_warmup: int = 0
+    """Dictionary warm-up: for the first N steps each cell's code is fixed by k-means on raw pixel patches (one
+    downsample-sized patch per code); the decoder learns to draw those codes and the encoder to choose them
+    (cross-entropy over its distances to the codebook), then training continues as a plain VQ. A classification
+    signal instead of a pixel regression for which code a cell gets: on ShapeWorld's grid-aligned cells it settles
+    what the object in a cell is (class, colour) long before the pixel losses alone would. 0 = off; exclusive with
+    ae_warmup."""
+    kmeans_images: int = 2048
+    """Images whose latents (ae_warmup) or pixel patches (dict_warmup) the k-means initialisation clusters."""
+    kmeans_iters: int = 20
+    """Lloyd iterations of that k-means."""
     restart_every: int = 50
     """Check for dead codes every N steps and re-seed them from encoder outputs (0 = never)."""
     restart_stop: float = 0.8
@@ -139,10 +156,15 @@ class VQTrainConfig:
         for name in ("steps", "batch_size", "log_every", "sample_every", "save_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"train.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("warmup", "restart_every", "adv_start", "num_workers", "grad_clip", "weight_decay",
-                     "l1_weight", "l2_weight", "perceptual_weight", "adv_weight"):
+        for name in ("warmup", "ae_warmup", "dict_warmup", "kmeans_iters", "restart_every", "adv_start", "num_workers",
+                     "grad_clip", "weight_decay",
+                     "l1_weight", "l2_weight", "edge_weight", "perceptual_weight", "adv_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.ae_warmup and self.dict_warmup:
+            raise ValueError("train.ae_warmup and train.dict_warmup are alternatives; set one of them")
+        if self.kmeans_images <= 0:
+            raise ValueError(f"train.kmeans_images must be > 0, got {self.kmeans_images}")
         if not 0 <= self.restart_stop <= 1:
             raise ValueError(f"train.restart_stop must be in [0, 1], got {self.restart_stop}")
         if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
@@ -369,10 +391,13 @@ def _write_rows_(param: Tensor, rows: Tensor, values: Tensor) -> None:
 
 @torch.no_grad()
 def restart_dead_codes(model: nn.Module, opt: torch.optim.Optimizer, latents: Tensor, env: Dist,
-                       generator: torch.Generator) -> tuple[int, Tensor]:
+                       generator: torch.Generator, errors: Tensor | None = None) -> tuple[int, Tensor]:
     """Re-seed codes unused since the last check with rank 0's current encoder outputs; reset their Adam moments.
 
-    Returns (number restarted, the usage counts of the window summed over ranks). Counts are reset afterwards.
+    With `errors` (each latent's squared distance to its code) the new codes are drawn with probability proportional
+    to the error, k-means++ style: they land where the codebook serves the data worst (on ShapeWorld: rare object
+    colours rather than the background that covers most cells). Returns (number restarted, the usage counts of the
+    window summed over ranks). Counts are reset afterwards.
     """
     q = unwrap(model).quantize
     counts = all_reduce_(q.usage_counts.clone(), env)
@@ -381,7 +406,12 @@ def restart_dead_codes(model: nn.Module, opt: torch.optim.Optimizer, latents: Te
     if dead.numel() == 0:
         return 0, counts
     n = latents.shape[0]
-    pick = torch.randint(0, n, (dead.numel(),), generator=generator)  # same on every rank (same generator state)
+    if errors is not None and float(errors.sum()) > 0:
+        weights = errors.detach().double().cpu()
+        pick = torch.multinomial(weights, dead.numel(), replacement=dead.numel() > int((weights > 0).sum()),
+                                 generator=generator)
+    else:
+        pick = torch.randint(0, n, (dead.numel(),), generator=generator)
     values = latents[pick.to(latents.device)].float()
     values = values + 0.01 * values.std().clamp_min(1e-6) * torch.randn(values.shape, generator=generator).to(values)
     values = broadcast_(values.contiguous(), env)                      # everyone adopts rank 0's vectors
@@ -392,6 +422,98 @@ def restart_dead_codes(model: nn.Module, opt: torch.optim.Optimizer, latents: Te
         if key in state:
             _write_rows_(state[key], dead.to(weight.device), torch.zeros_like(values))
     return int(dead.numel()), counts
+
+
+@torch.no_grad()
+def kmeans_init_codebook(model: nn.Module, opt: torch.optim.Optimizer, dataset, cfg: VQTrainConfig, env: Dist,
+                         autocast) -> None:
+    """Set every code to a k-means centroid of the encoder latents of `cfg.kmeans_images` images; reset the codebook's
+    Adam moments. Every rank encodes the same images (FSDP needs all ranks in the forward) and adopts rank 0's
+    result."""
+    core = unwrap(model)
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7)
+    idx = torch.randperm(len(dataset), generator=gen)[:cfg.kmeans_images].tolist()
+    was_training = model.training
+    model.eval()
+    latents = []
+    for i in range(0, len(idx), cfg.batch_size):
+        images = torch.stack([dataset[j] for j in idx[i:i + cfg.batch_size]]).to(env.device)
+        with autocast():
+            z = core.encode_latents(images).float()                       # (b, d, h, w)
+        latents.append(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
+    model.train(was_training)
+    vq_cfg = core.config
+    centres = kmeans_codebook(torch.cat(latents), vq_cfg.codebook_size, cfg.kmeans_iters,
+                              l2_norm=vq_cfg.codebook_l2_norm, generator=gen, block=vq_cfg.search_block)
+    centres = broadcast_(centres.to(env.device).contiguous(), env)
+    weight = core.quantize.embedding.weight
+    rows = torch.arange(vq_cfg.codebook_size, device=weight.device)
+    _write_rows_(weight, rows, centres)
+    state = opt.state.get(weight, {})
+    for key in ("exp_avg", "exp_avg_sq"):
+        if key in state:
+            _write_rows_(state[key], rows, torch.zeros_like(centres))
+    core.quantize.reset_usage()
+
+
+def pixel_dictionary(dataset, cfg: VQTrainConfig, vq_cfg: VQConfig, env: Dist) -> Tensor:
+    """k-means centroids of the raw pixel patches (one code cell each) of `cfg.kmeans_images` images -> (K, 3*f*f).
+    Deterministic in cfg.seed, so a resumed run rebuilds the same dictionary; every rank adopts rank 0's."""
+    f = vq_cfg.downsample
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 11)
+    idx = torch.randperm(len(dataset), generator=gen)[:cfg.kmeans_images].tolist()
+    patches = torch.cat([F.pixel_unshuffle(torch.stack([dataset[j] for j in idx[i:i + 256]]), f)
+                         .permute(0, 2, 3, 1).reshape(-1, vq_cfg.in_channels * f * f)
+                         for i in range(0, len(idx), 256)])                # (n*h*w, 3*f*f)
+    centres = kmeans_codebook(patches, vq_cfg.codebook_size, cfg.kmeans_iters, generator=gen,
+                              block=vq_cfg.search_block)
+    return broadcast_(centres.to(env.device).contiguous(), env)
+
+
+def principal_coordinates(points: Tensor, dim: int) -> Tensor:
+    """(K, D) -> (K, dim): the points' coordinates on their top `dim` principal axes, each axis scaled to unit variance
+    (zero-padded when dim exceeds the rank). Code vectors made this way start out meaning what their patches look
+    like, so the decoder begins near a linear map back to pixels instead of learning a lookup table of random codes."""
+    centred = points.double() - points.double().mean(0)
+    u, sv, _ = torch.linalg.svd(centred, full_matrices=False)
+    coords = (u * sv)[:, :dim]                                            # (K, min(dim, rank))
+    coords = coords / coords.std(0).clamp_min(1e-8)
+    return F.pad(coords, (0, dim - coords.shape[1])).float()
+
+
+def patch_codes(images: Tensor, dictionary: Tensor, f: int, block: int) -> Tensor:
+    """(B, 3, H, W) -> (B, H/f, W/f): the index of the nearest dictionary patch of every f x f cell."""
+    b, _, h, w = images.shape
+    patches = F.pixel_unshuffle(images, f).permute(0, 2, 3, 1).reshape(-1, dictionary.shape[1])
+    return nearest_codes(patches, dictionary, block=block)[0].reshape(b, h // f, w // f)
+
+
+# -----------------------------------------------------------------------------
+# Loss
+
+
+def vq_loss(out, images: Tensor, l1_weight: float = 1.0, l2_weight: float = 1.0, edge_weight: float = 0.0,
+            quantizer_weight: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """l1 * |x - x̂| + l2 * (x - x̂)^2 + edge * |∇x - ∇x̂| + quantizer_weight * (codebook + commitment + entropy)
+    + target_ce (the dictionary warm-up's code-choice loss; 0 otherwise).
+
+    The edge term is the L1 distance of horizontal and vertical neighbour differences: it weighs outlines, where the
+    pixel losses see only a thin rim (on ShapeWorld: an object's class lives in its outline, its colour in its area).
+    The one definition of the tokenizer's base objective (the optional perceptual and adversarial terms are added by
+    `train`); the generic trainer's vq stage uses it too. quantizer_weight = 0 during the autoencoder warm-up."""
+    recon = out.recon.float()
+    rec_l1 = (recon - images).abs().mean()
+    rec_l2 = (recon - images).pow(2).mean()
+    quantizer = out.codebook_loss + out.commit_loss + out.entropy_loss
+    loss = l1_weight * rec_l1 + l2_weight * rec_l2 + quantizer_weight * quantizer + out.target_ce
+    terms = {"l1": rec_l1, "l2": rec_l2, "codebook": out.codebook_loss, "commit": out.commit_loss,
+             "entropy": out.entropy_loss, "target_ce": out.target_ce}
+    if edge_weight > 0:
+        err = recon - images
+        terms["edge"] = ((err[..., :, 1:] - err[..., :, :-1]).abs().mean()
+                         + (err[..., 1:, :] - err[..., :-1, :]).abs().mean())
+        loss = loss + edge_weight * terms["edge"]
+    return loss, terms
 
 
 # -----------------------------------------------------------------------------
@@ -539,6 +661,18 @@ def train(cfg: VQTrainConfig) -> dict[str, Any]:
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
                         persistent_workers=False, pin_memory=env.device.type == "cuda")
     fixed = torch.stack([dataset[i] for i in range(min(8, len(dataset)))]).to(env.device)  # grid images
+    dictionary = None
+    if cfg.dict_warmup and start_step < cfg.dict_warmup:
+        dictionary = pixel_dictionary(dataset, cfg, vq_cfg, env)
+        if start_step == 0:                       # codes start as the principal coordinates of their patches
+            weight = unwrap(model).quantize.embedding.weight
+            init = principal_coordinates(dictionary.cpu(), vq_cfg.code_dim)
+            with torch.no_grad():
+                _write_rows_(weight, torch.arange(weight.shape[0], device=weight.device),
+                             broadcast_(init.to(env.device), env))
+        if env.main:
+            print(f"dictionary warm-up: {vq_cfg.codebook_size} pixel-patch centroids from "
+                  f"{min(cfg.kmeans_images, len(dataset))} images fix the codes of the first {cfg.dict_warmup} steps")
 
     # -------------------------------------------------------------------------
     # Loop
@@ -562,7 +696,7 @@ def train(cfg: VQTrainConfig) -> dict[str, Any]:
     def sample(step: int) -> None:
         model.eval()
         with torch.no_grad(), autocast():
-            recon = model(fixed).recon.float()
+            recon = model(fixed, bypass=step < cfg.ae_warmup).recon.float()
         model.train()
         if env.main:
             save_grid(out / "samples" / f"step_{step:07d}.png", fixed, recon)
@@ -585,16 +719,23 @@ def train(cfg: VQTrainConfig) -> dict[str, Any]:
         for group in opt.param_groups:
             group["lr"] = lr
         use_adv = disc is not None and step >= cfg.adv_start
+        if cfg.ae_warmup and step == cfg.ae_warmup:
+            kmeans_init_codebook(model, opt, dataset, cfg, env, autocast)
+            if env.main:
+                print(f"step {step}: autoencoder warm-up done; codebook initialised by k-means on the latents of "
+                      f"{min(cfg.kmeans_images, len(dataset))} images")
+        bypass = step < cfg.ae_warmup                                     # autoencoder warm-up: no quantization
+        targets = None
+        if step < cfg.dict_warmup:                                        # dictionary warm-up: the codes are given
+            targets = patch_codes(images, dictionary, vq_cfg.downsample, vq_cfg.search_block)
 
         with autocast():
-            outp = model(images)
+            outp = model(images, bypass=bypass, targets=targets)
         recon = outp.recon.float()
-        rec_l1 = (recon - images).abs().mean()
-        rec_l2 = (recon - images).pow(2).mean()
-        loss = (cfg.l1_weight * rec_l1 + cfg.l2_weight * rec_l2
-                + outp.codebook_loss + outp.commit_loss + outp.entropy_loss)
-        terms = {"l1": rec_l1, "l2": rec_l2, "codebook": outp.codebook_loss, "commit": outp.commit_loss,
-                 "entropy": outp.entropy_loss}
+        loss, terms = vq_loss(outp, images, cfg.l1_weight, cfg.l2_weight, cfg.edge_weight,
+                              quantizer_weight=0.0 if bypass or targets is not None else 1.0)
+        if targets is not None:
+            terms["target_acc"] = (outp.codes == targets).float().mean()
         if perceptual is not None:
             terms["perceptual"] = perceptual(recon, images)
             loss = loss + cfg.perceptual_weight * terms["perceptual"]
@@ -626,9 +767,10 @@ def train(cfg: VQTrainConfig) -> dict[str, Any]:
         for k, v in terms.items():
             window[k] = window.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v)
         window["n"] = window.get("n", 0) + 1
-        if cfg.restart_every and step % cfg.restart_every == 0 and step <= cfg.restart_stop * cfg.steps:
+        if (cfg.restart_every and step % cfg.restart_every == 0 and step <= cfg.restart_stop * cfg.steps
+                and step > max(cfg.ae_warmup, cfg.dict_warmup)):
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)     # a function of the step: resumable
-            restarted, _ = restart_dead_codes(model, opt, outp.latents, env, gen)
+            restarted, _ = restart_dead_codes(model, opt, outp.latents, env, gen, outp.errors)
             window["restarted"] = window.get("restarted", 0) + restarted
 
         elapsed = elapsed_before + time.time() - t0
@@ -703,11 +845,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--crop", default=d.crop, choices=["stretch", "center"])
     a("--crop-size", type=int, default=None, help="train on random grid-aligned crops of this side")
     a("--crops-per-image", type=int, default=1, help="crops taken from each loaded image (with --crop-size)")
-    for name in ("steps", "batch_size", "warmup", "restart_every", "log_every", "sample_every", "save_every",
+    for name in ("steps", "batch_size", "warmup", "ae_warmup", "dict_warmup", "kmeans_images", "kmeans_iters",
+                 "restart_every", "log_every", "sample_every", "save_every",
                  "adv_start", "seed", "num_workers"):
         a("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     for name in ("lr", "min_lr_ratio", "restart_stop", "weight_decay", "beta1", "beta2", "grad_clip", "l1_weight",
-                 "l2_weight", "perceptual_weight", "adv_weight"):
+                 "l2_weight", "edge_weight", "perceptual_weight", "adv_weight"):
         a("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     a("--disc-lr", type=float, default=None)
     a("--perceptual-weights", default=None, help="local torchvision VGG16 state dict")

@@ -173,3 +173,21 @@ def test_cli_generate_edit_understand(make_star, tmp_path, capsys):
                      *common]) == 0
     assert capsys.readouterr().out.strip() == STARPipeline.from_pretrained(folder).understand(
         rgb(0), "what colour is the cube?", max_new_tokens=4)[0].strip()
+
+
+def test_a_bare_base_folder_understands_like_the_star_model_built_on_it(pipe, tiny_base_dir, tmp_path, capsys):
+    from star.pipeline import BasePipeline
+
+    image = rgb(5, (64, 48))
+    questions = ["what colour is the cube?", "how many shapes are there?"]
+    base = BasePipeline.from_pretrained(tiny_base_dir,
+                                        vit_max_tokens=pipe.model.config.understand_vit_max_tokens)
+    assert base.understand([image, None], questions, max_new_tokens=8) == \
+        pipe.understand([image, None], questions, max_new_tokens=8), "the same answers, without any stacked layer"
+    rgb(5, (64, 48)).save(tmp_path / "q.png")
+    capsys.readouterr()
+    common = ["--model", str(tiny_base_dir), "--device", "cpu"]
+    assert cli_main(["understand", str(tmp_path / "q.png"), questions[0], "--max-new-tokens", "8", *common]) == 0
+    assert capsys.readouterr().out.strip() == base.understand(image, questions[0], max_new_tokens=8)[0].strip()
+    assert cli_main(["generate", "a red cube", "-o", str(tmp_path / "x.png"), *common]) == 2
+    assert "is a base model folder" in capsys.readouterr().err

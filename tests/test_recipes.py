@@ -70,3 +70,12 @@ def test_shapes_quick_recipe_end_to_end(tmp_path):
     assert weights.keys() == again.keys() and all(torch.equal(weights[k], again[k]) for k in weights)
     steps = [r["step"] for r in read_log(out / "generation" / "log.jsonl")]
     assert steps == sorted(set(steps)), "each step logged once"
+
+
+def test_wise_reasoning_records_beyond_the_distinct_prompt_supply():
+    from star.training.recipes import wise_reasoning_records
+
+    records = list(wise_reasoning_records(3_000, seed=101))     # more than the ~2,000 distinct prompts
+    assert len(records) == 3_000
+    assert all(r["kind"] == "text_qa" and r["question"] and r["answer"] for r in records)
+    assert len({r["question"] for r in records[:1_500]}) == 1_500, "distinct within a round"

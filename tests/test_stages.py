@@ -24,8 +24,8 @@ from star.training.runlog import read_log
 from star.training.stages import get_stage
 from star.training.trainer import train
 
-TINY_VQ = dict(ch=8, ch_mult=[1, 2, 2], num_res_blocks=1, decoder_res_blocks=1, attn_heads=1, z_channels=8,
-               norm_groups=4, codebook_size=64, code_dim=8, resolution=16)
+TINY_VQ = dict(patch_size=1, ch=8, ch_mult=[1, 2, 2], num_res_blocks=1, decoder_res_blocks=1, attn_heads=1,
+               z_channels=8, norm_groups=4, codebook_size=64, code_dim=8, resolution=16)
 
 
 

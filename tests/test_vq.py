@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from star.vq import (AttnBlock, LoadReport, VQConfig, VQModel, check_state_dict, count_parameters, entropy_loss,
-                     load_upstream_vq, nearest_codes, preset)
+                     code_cross_entropy, kmeans_codebook, load_upstream_vq, nearest_codes, preset)
 
 TINY = dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, norm_groups=8, attn_heads=2, z_channels=16, codebook_size=64,
             code_dim=8, resolution=16)
@@ -90,6 +90,65 @@ def test_straight_through_gradient_and_loss_targets(tiny_vq):
     torch.testing.assert_close(out.codebook_loss, F.mse_loss(e, z.detach()))
     torch.testing.assert_close(out.commit_loss, 0.25 * F.mse_loss(z, e.detach()))
     assert q.usage_counts.sum() == 3 * 2 * 9, "usage counts every quantized position in training mode"
+
+
+@pytest.mark.parametrize("l2_norm", [False, True])
+def test_kmeans_codebook_finds_well_separated_clusters(l2_norm: bool):
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(6, 4, generator=gen) * 10
+    points = centres.repeat_interleave(50, 0) + 0.05 * torch.randn(300, 4, generator=gen)   # 6 tight clusters
+    found = kmeans_codebook(points, 6, 10, l2_norm=l2_norm, generator=torch.Generator().manual_seed(1), block=97)
+    truth = F.normalize(centres, dim=-1) if l2_norm else centres
+    assert found.shape == (6, 4) and found.dtype == torch.float32
+    assert torch.cdist(truth, found).min(1).values.max() < 0.1, "every true centre is found"
+    again = kmeans_codebook(points, 6, 10, l2_norm=l2_norm, generator=torch.Generator().manual_seed(1), block=97)
+    assert torch.equal(found, again), "deterministic for a given generator"
+    more = kmeans_codebook(points, 12, 10, generator=torch.Generator().manual_seed(1))      # k > clusters: no NaN
+    assert torch.isfinite(more).all()
+    with pytest.raises(ValueError, match="at least k=400"):
+        kmeans_codebook(points, 400)
+
+
+def test_bypass_decodes_the_unquantized_latents(tiny_vq):
+    x = images()
+    z = tiny_vq.encode_latents(x)
+    out = tiny_vq(x, bypass=True)
+    assert torch.allclose(out.recon, tiny_vq.decode_latents(z), atol=1e-5)
+    assert not torch.allclose(out.recon, tiny_vq(x).recon, atol=1e-3), "the quantized pass differs"
+    assert torch.equal(out.codes, tiny_vq.encode(x)), "codes are still reported"
+
+
+def test_target_codes_mode_decodes_the_given_codes_with_a_chunked_cross_entropy(tiny_vq):
+    gen = torch.Generator().manual_seed(0)
+    z, codebook = torch.randn(50, 8, generator=gen, requires_grad=True), torch.randn(64, 8, generator=gen)
+    targets = torch.randint(0, 64, (50,), generator=gen)
+    direct = F.cross_entropy(-torch.cdist(z, codebook).pow(2), targets)
+    chunked = code_cross_entropy(z, codebook, targets, block=64 * 7)                 # 7 tokens a chunk
+    assert torch.allclose(chunked, direct, atol=1e-5)
+    (g_chunked,) = torch.autograd.grad(chunked, z)
+    (g_direct,) = torch.autograd.grad(direct, z)
+    assert torch.allclose(g_chunked, g_direct, atol=1e-6)
+
+    x = images()
+    codes = tiny_vq.encode(x)
+    given = (codes + 1) % tiny_vq.config.codebook_size
+    out = tiny_vq(x, targets=given)
+    assert torch.allclose(out.recon, tiny_vq.decode(given), atol=1e-5), "the decoder draws the given codes"
+    assert torch.equal(out.codes, codes), "the nearest codes are still reported"
+    assert out.target_ce > tiny_vq(x, targets=codes).target_ce, "choosing the nearest codes costs less"
+    with pytest.raises(ValueError, match="targets must be"):
+        tiny_vq(x, targets=given[:, :1])
+
+
+def test_patch_stem_folds_pixels_into_channels():
+    cfg = VQConfig(**{**TINY, "patch_size": 4, "resolution": 32})
+    assert cfg.downsample == 8 and cfg.tokens_per_image == 16
+    model = VQModel(cfg).eval()
+    assert model.encoder.conv_in.in_channels == 3 * 16 and model.decoder.conv_out.out_channels == 3 * 16
+    x = images(2, 32)
+    assert model.encode(x).shape == (2, 4, 4) and model(x).recon.shape == x.shape
+    with pytest.raises(ValueError, match="patch_size"):
+        VQConfig(**{**TINY, "patch_size": 3, "resolution": 16})
 
 
 def test_entropy_loss_chunked_matches_direct_formula():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -76,7 +77,9 @@ def test_eval_on_a_folder_writes_summary_and_refuses_fake_fid(tmp_path):
             x = x.float()
             return torch.cat([x.mean((2, 3)), x.std((2, 3))], 1)
 
-    torch.jit.script(FakeInception()).save(str(tmp_path / "inception.pt"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(FakeInception()).save(str(tmp_path / "inception.pt"))
     summary = vq_eval.evaluate(model, data=str(tmp_path), n=5, batch_size=5, inception=str(tmp_path / "inception.pt"))
     assert summary["rfid"] is not None and math.isfinite(summary["rfid"]) and summary["rfid"] >= 0
     with pytest.raises(FileNotFoundError, match="Nothing is downloaded"):

@@ -117,6 +117,62 @@ def test_train_writes_run_folder_and_resumes_exactly(image_dir, tiny_config, tmp
     assert all(torch.equal(a[k], b[k]) for k in a), "a resumed run must end bit-identical to an uninterrupted one"
 
 
+def test_autoencoder_warmup_then_kmeans_codebook_and_exact_resume(image_dir, tiny_config, tmp_path):
+    warm = dict(steps=4, ae_warmup=2, kmeans_images=6, kmeans_iters=3)
+    straight = tmp_path / "straight"
+    train(run_cfg(straight, image_dir, tiny_config, **warm))
+    log = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
+    assert all(m["restarted"] == 0 for m in log[:2]), "no dead-code restarts while the codebook is idle"
+    codebook = weights(straight)["quantize.embedding.weight"]
+    init = VQModel(VQConfig(**TINY)).quantize.embedding.weight.detach()
+    assert codebook.abs().max() > 10 * init.abs().max(), "codes moved from the tiny uniform init to latent centroids"
+
+    split = tmp_path / "split"
+    train(run_cfg(split, image_dir, tiny_config, time_limit=1e-9, **warm))       # stops inside the warm-up
+    train(run_cfg(split, image_dir, tiny_config, resume=True, **warm))
+    a, b = weights(straight), weights(split)
+    assert all(torch.equal(a[k], b[k]) for k in a), "the k-means step is part of the resumable schedule"
+
+
+def test_dictionary_warmup_teaches_the_pixel_kmeans_codes_then_resumes_exactly(tmp_path):
+    from star.image_data import ShapeWorldDataset
+    from star.vq_train import patch_codes, pixel_dictionary, principal_coordinates
+
+    cfg = dict(ch=16, ch_mult=(1,), patch_size=8, num_res_blocks=1, norm_groups=8, attn_heads=2, z_channels=16,
+               codebook_size=16, code_dim=4, resolution=32)
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(VQConfig(**cfg).to_dict()))
+    data = "shapeworld:64:0"
+    run = dict(steps=30, batch_size=8, lr=3e-3, dict_warmup=30, kmeans_images=32, kmeans_iters=5, restart_every=0,
+               log_every=10, sample_every=30, save_every=10)
+    out = tmp_path / "dict"
+    train(run_cfg(out, data, str(path), **run))
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["target_acc"] > log[0]["target_acc"] and log[-1]["target_acc"] > 0.8, \
+        "the encoder learns to choose the dictionary's codes"
+    assert log[-1]["target_ce"] < log[0]["target_ce"]
+
+    vq_cfg = VQConfig(**cfg)
+    dataset = ShapeWorldDataset(size=64, resolution=32, seed=0)
+    dictionary = pixel_dictionary(dataset, run_cfg(out, data, str(path), **run), vq_cfg, Dist())
+    assert dictionary.shape == (16, 3 * 8 * 8)
+    images = torch.stack([dataset[i] for i in range(4)])
+    codes = patch_codes(images, dictionary, 8, 1 << 24)
+    cells = torch.nn.functional.pixel_unshuffle(images, 8).permute(0, 2, 3, 1)            # (4, 4, 4, 192)
+    brute = torch.cdist(cells.reshape(-1, 192), dictionary).argmin(1).reshape(4, 4, 4)
+    assert torch.equal(codes, brute), "each cell gets its nearest dictionary patch"
+    coords = principal_coordinates(dictionary, 4)
+    assert coords.shape == (16, 4) and torch.allclose(coords.std(0), torch.ones(4), atol=1e-4)
+
+    split = tmp_path / "split"
+    train(run_cfg(split, data, str(path), time_limit=1e-9, **run))                      # stops at step 1
+    train(run_cfg(split, data, str(path), resume=True, **run))
+    a, b = weights(out), weights(split)
+    assert all(torch.equal(a[k], b[k]) for k in a), "the dictionary is rebuilt identically on resume"
+    with pytest.raises(ValueError, match="alternatives"):
+        run_cfg(out, data, str(path), ae_warmup=2, dict_warmup=2)
+
+
 def test_resume_refuses_nan_checkpoint_and_other_config(image_dir, tiny_config, tmp_path):
     out = tmp_path / "run"
     train(run_cfg(out, image_dir, tiny_config, steps=2))

@@ -34,11 +34,14 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
                 top_p=args.top_p, temperature=args.temperature)
 
 
-def load_pipeline(args: argparse.Namespace):
-    """The pipeline of --model (or the shipped default), on --device with --dtype."""
+def load_pipeline(args: argparse.Namespace, understanding_only: bool = False):
+    """The pipeline of --model (or the shipped default), on --device with --dtype. With `understanding_only`, --model
+    may also be a base VLM folder (e.g. the understanding stage's export): then a BasePipeline is returned."""
+    import json
+
     import torch
 
-    from star.pipeline import STARPipeline
+    from star.pipeline import BasePipeline, STARPipeline
 
     if args.model is None:
         if not (DEFAULT_MODEL / "config.json").is_file():
@@ -53,6 +56,12 @@ def load_pipeline(args: argparse.Namespace):
                                     f"model.safetensors)")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    config = path / "config.json"
+    if config.is_file() and "stacks" not in (fields := json.loads(config.read_text())) and "model_type" in fields:
+        if not understanding_only:
+            raise ValueError(f"--model {path} is a base model folder (model_type {fields['model_type']!r}), not a "
+                             f"STAR model; understanding accepts it, generation and editing need a STAR folder")
+        return BasePipeline.from_pretrained(path, device=device, dtype=dtype)
     return STARPipeline.from_pretrained(path, device=device, dtype=dtype)
 
 

@@ -1,4 +1,5 @@
-"""star understand IMAGE QUESTION: answer a question about an image with the frozen base."""
+"""star understand IMAGE QUESTION: answer a question about an image with the frozen base (--model: a STAR model
+folder, or a base folder on its own)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    pipe = load_pipeline(args)
+    pipe = load_pipeline(args, understanding_only=True)       # a STAR model or a bare base folder
     answer = pipe.understand(args.image, args.question, max_new_tokens=args.max_new_tokens, seed=args.seed,
                              top_k=args.top_k, top_p=args.top_p, temperature=args.temperature)[0]
     print(answer)

@@ -774,7 +774,7 @@ def text_vocabulary() -> list[str]:
 
 
 __all__ = [
-    "GENEVAL_TAGS", "COUNT_WORDS", "geneval_prompts", "random_geneval_metadata", "write_text_atomic",
+    "GENEVAL_TAGS", "COUNT_WORDS", "geneval_prompts", "random_geneval_metadata",
     "write_jsonl",
     "write_geneval_metadata", "describe", "refer", "reading_order", "main_relation", "caption", "paraphrases",
     "metadata_for_scene", "prompt_for_scene", "VQA_FAMILIES", "vqa_questions", "Fact", "FACTS", "WISE_CATEGORIES",

@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"the stage to train: {', '.join(sorted(STAGES))}")
     parser.add_argument("--stage", dest="stage_flag", choices=sorted(STAGES), help=argparse.SUPPRESS)
     parser.add_argument("--recipe", help="run a whole recipe instead (shapes, shapes-quick, star-3b, star-7b)")
+    parser.add_argument("--only", action="append", default=None, metavar="STAGE",
+                        help="with --recipe: run only these stages (repeatable); the others are left for later")
     parser.add_argument("--data", action="append", default=None, metavar="DIR",
                         help="dataset folder(s) of the stage (stage_options.data); repeat for several")
     parser.add_argument("--config", help="JSON file, or an inline JSON object, overlaid on the stage's recipe")
@@ -146,7 +148,7 @@ def _run_recipe(args: argparse.Namespace) -> int:
         for command in dry_run(recipe):
             print(command)
         return 0
-    run_recipe(recipe, resume=args.resume)
+    run_recipe(recipe, resume=args.resume, only=args.only)
     return 0
 
 
@@ -157,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
         args.stage = args.stage_flag
     if args.list:
         return _list()
+    if args.only and not args.recipe:
+        raise ValueError("--only selects stages of a recipe; use it with --recipe NAME")
     if args.recipe:
         if args.stage:
             raise ValueError(f"give either a STAGE ({args.stage}) or --recipe {args.recipe}, not both")

@@ -30,7 +30,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -188,8 +188,8 @@ def shapes(out: str = "runs/shapes") -> Recipe:
     )
 
 
-QUICK_VQ = dict(ch=8, ch_mult=[1, 2, 2, 2], num_res_blocks=1, decoder_res_blocks=1, attn_heads=1, z_channels=8,
-                norm_groups=4, codebook_size=64, code_dim=8, resolution=32)
+QUICK_VQ = dict(patch_size=1, ch=8, ch_mult=[1, 2, 2, 2], num_res_blocks=1, decoder_res_blocks=1, attn_heads=1,
+                z_channels=8, norm_groups=4, codebook_size=64, code_dim=8, resolution=32)
 
 
 def shapes_quick(out: str = "runs/shapes-quick") -> Recipe:
@@ -401,13 +401,20 @@ def build_base(spec: TinyBaseSpec, out: Path, log: Callable[[str], None]) -> Non
 
 
 def wise_reasoning_records(n: int, seed: int) -> Iterator[dict]:
-    """text_qa records: a train-split ShapeWISE knowledge prompt -> the plain prompt that answers it."""
+    """text_qa records: a train-split ShapeWISE knowledge prompt -> the plain prompt that answers it.
+
+    The world has only so many distinct knowledge prompts (about 2,000 in the benchmark's category proportions), so
+    larger n is drawn in rounds of ROUND distinct prompts from successive seeds; a prompt may recur across rounds."""
     from star.shapes.text import wise_answer_prompt, wise_prompts
     from star.training.stage_understanding import WISE_TASK
 
-    for item in wise_prompts(n=n, seed=seed, split="train"):
-        yield {"kind": "text_qa", "question": item["Prompt"], "answer": wise_answer_prompt(item),
-               "meta": {"task": WISE_TASK, "category": item["Category"]}}
+    for k, start in enumerate(range(0, n, WISE_ROUND)):
+        for item in wise_prompts(n=min(WISE_ROUND, n - start), seed=seed + 7919 * k, split="train"):
+            yield {"kind": "text_qa", "question": item["Prompt"], "answer": wise_answer_prompt(item),
+                   "meta": {"task": WISE_TASK, "category": item["Category"]}}
+
+
+WISE_ROUND = 1_500
 
 
 def build_dataset(spec: DatasetSpec, out: Path, log: Callable[[str], None]) -> None:
@@ -459,12 +466,21 @@ def assemble_model(export: Path, out: Path) -> Path:
     return out / "model"
 
 
-def run_recipe(recipe: Recipe, *, resume: bool = False, log: Callable[[str], None] = print) -> Path:
-    """Run every stage of `recipe` in order (skipping completed ones when resuming); returns OUT/model."""
+def run_recipe(recipe: Recipe, *, resume: bool = False, only: Collection[str] | None = None,
+               log: Callable[[str], None] = print) -> Path | None:
+    """Run every stage of `recipe` in order (skipping completed ones when resuming); returns OUT/model.
+
+    `only` restricts the run to the named stages (e.g. the understanding stage while a tokenizer trains elsewhere);
+    the others are skipped and OUT/model is assembled only once a generation or editing stage has finished (else
+    None is returned). Calling again with `resume=True` picks up the rest."""
     from star.training.stages import get_stage
     from star.training.tokenize import tokenize_dataset
     from star.training.trainer import train
 
+    names = [s.stage for s in recipe.stages]
+    unknown = sorted(set(only or ()) - set(names))
+    if unknown:
+        raise ValueError(f"recipe {recipe.name!r} has no stage {unknown[0]!r}; its stages are {names}")
     out = Path(recipe.out)
     record = out / "recipe.json"
     if record.is_file() and not resume:
@@ -486,10 +502,13 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, log: Callable[[str], Non
             raise FileNotFoundError(f"recipe {recipe.name!r}: base folder {recipe.base} has no config.json; pass "
                                     f"--set base=DIR (e.g. a local Qwen2.5-VL-7B-Instruct)")
 
-    # the tokenizer: shipped, given, or trained by the vq stage
+    # the tokenizer: shipped, given, or trained by the vq stage (not needed when only the understanding stage runs)
     vq_dir = out / "vq"
+    needs_vq = only is None or any(name != "understanding" for name in only)
     train_vq = recipe.vq == "train"
-    if recipe.vq == "shipped" and not (vq_dir / "model.safetensors").is_file():
+    if not needs_vq:
+        pass
+    elif recipe.vq == "shipped" and not (vq_dir / "model.safetensors").is_file():
         from star.vq import SHIPPED_SHAPES_DIR
 
         if (SHIPPED_SHAPES_DIR / "model.safetensors").is_file():
@@ -522,6 +541,9 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, log: Callable[[str], Non
             log(f"{name}: done ({run / DONE}), skipped")
             final_export = run / "export" if name in ("generation", "editing") else final_export
             continue
+        if only is not None and name not in only:
+            log(f"{name}: not in --only {list(only)}, left for a later run")
+            continue
         for data in entry.data:
             spec = recipe.datasets.get(data)
             if spec is None:
@@ -544,6 +566,9 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, log: Callable[[str], Non
             final_export = export
         atomic_write(run / DONE, json.dumps({"stage": name, "seconds": round(time.perf_counter() - t0, 1)}) + "\n")
         log(f"{name}: done in {time.perf_counter() - t0:.0f}s")
+    if final_export is None and only is not None:
+        log(f"recipe {recipe.name}: stages {list(only)} done; no generation/editing export yet, so no OUT/model")
+        return None
     if final_export is None:
         raise RuntimeError(f"recipe {recipe.name!r} trained no generation or editing stage; nothing to assemble")
     model = assemble_model(final_export, out)

@@ -1,10 +1,9 @@
 """The `vq` stage: the image tokenizer (star.vq.VQModel) trained on the generic trainer.
 
 Everything trains (encoder, quantizer codebook, decoder); nothing is frozen. Loss = l1 * |x - x̂| + l2 * (x - x̂)^2
-+ codebook + commitment (+ entropy), the reconstruction and quantizer terms of star.vq_train with its default
-weights. star.vq_train combines them inline in its loop, so `vq_loss` below repeats that combination (keep the two
-in step); the perceptual and adversarial terms and dead-code restarts exist only in star.vq_train, which is what
-`star train vq` runs when given its own flags (docs/training.md).
++ codebook + commitment (+ entropy): star.vq_train.vq_loss, the one definition both trainers use. The perceptual
+and adversarial terms, the autoencoder warm-up with k-means codebook init and dead-code restarts exist only in
+star.vq_train, which is what `star train vq` runs when given its own flags (docs/training.md).
 
 Data: `stage_options.data` is anything star.image_data.open_image_dataset reads ("shapeworld[:N[:SEED]]", an image
 folder, a .txt list) or a star-records dataset (its distinct images; bad records skipped and counted). Sample i of the
@@ -26,6 +25,7 @@ from torch import Tensor, nn
 from star.training.config import OptimConfig, TrainConfig, from_dict
 from star.training.data import Mixture, RecordIndex, Warnings
 from star.training.parallel import micro_batch_ranges
+from star.vq_train import vq_loss
 
 
 @dataclass(kw_only=True)
@@ -47,15 +47,6 @@ class VQOptions:
         from star.vq import preset
 
         return preset(self.preset, **self.overrides)
-
-
-def vq_loss(out, images: Tensor, l1_weight: float = 1.0, l2_weight: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
-    """star.vq_train's loss without its optional terms: l1 + l2 reconstruction + codebook + commitment + entropy."""
-    recon = out.recon.float()
-    rec_l1 = (recon - images).abs().mean()
-    rec_l2 = (recon - images).pow(2).mean()
-    loss = l1_weight * rec_l1 + l2_weight * rec_l2 + out.codebook_loss + out.commit_loss + out.entropy_loss
-    return loss, {"l1": rec_l1, "l2": rec_l2, "codebook": out.codebook_loss, "commit": out.commit_loss}
 
 
 class VQStream:
