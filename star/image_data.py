@@ -4,8 +4,9 @@ Every dataset here yields float tensors (3, R, R) in [-1, 1] (the project's imag
 `DistributedSampler` shards it across ranks. `open_image_dataset(spec, resolution)` picks the reader from a string:
 
     "shapeworld"            ShapeWorld scenes rendered on the fly (aligned world, training seed), 1,000,000 indices
-    "shapeworld:N:SEED:V"   N scenes from sampler seed SEED (scene i is the same everywhere), a fraction V of them
-                            varied (other backgrounds, sizes, hollow; default 0.2), the rest default scenes
+    "shapeworld:N:SEED:V:C" N scenes from sampler seed SEED (scene i is the same everywhere), a fraction V of them
+                            varied (other backgrounds, sizes, hollow; default 0.2), the rest default scenes; C = all
+                            (default: every colour-class pair, held-out ones included) or train (the train split only)
     DIR with manifest.json  a star-records dataset (star.data.records; also a single .jsonl shard): its images
     DIR                     every image file under DIR, recursively (png, jpg, jpeg, webp, bmp, gif, tif, tiff)
     FILE.txt                one image path per line (relative paths are relative to the list file)
@@ -113,14 +114,19 @@ class ShapeWorldDataset(Dataset):
     """ShapeWorld scenes rendered on the fly; index i always gives the same scene (seeded by (seed, i))."""
 
     def __init__(self, size: int = 1_000_000, resolution: int | None = None, seed: int = SHAPEWORLD_TRAIN_SEED,
-                 aligned: bool = True, varied: float = 0.2, cache: bool | None = None):
+                 aligned: bool = True, varied: float = 0.2, combos: str = "all", cache: bool | None = None):
         from star.shapes import vocab
 
         if size <= 0:
             raise ValueError(f"ShapeWorldDataset size must be > 0, got {size}")
         if not 0.0 <= varied <= 1.0:
             raise ValueError(f"ShapeWorldDataset varied must be in [0, 1], got {varied}")
+        if combos not in ("all", "train"):
+            raise ValueError(f"ShapeWorldDataset combos must be 'all' or 'train', got {combos!r}")
         self.size, self.seed, self.aligned, self.varied = size, seed, aligned, varied
+        # A tokenizer must draw every colour-class pair: the held-out split tests what the generator learns to say,
+        # not what the codec can draw (the ShapeGenEval ceiling includes held-out prompts). "train" excludes them.
+        self.split = "eval" if combos == "all" else "train"
         # Rendering (~35 ms a scene) costs as much CPU as a training step of the small tokenizer, so a finite pool
         # is rendered once per process and kept as uint8 (49 KB a 128^2 image); large pools render every time.
         self.cache: dict[int, Tensor] | None = {} if (size <= MAX_CACHED if cache is None else cache) else None
@@ -132,7 +138,8 @@ class ShapeWorldDataset(Dataset):
     def scene(self, i: int):
         """Scene i. A fraction 1 - `varied` are default scenes (1-4 medium objects on gray: what prompts produce);
         of the varied ones, half are medium objects on a random background and half mix every size band, any
-        background and some hollow objects (what edits produce). Held-out colour/shape pairs never appear."""
+        background and some hollow objects (what edits produce). Held-out colour/shape pairs appear unless combos is
+        "train"."""
         from dataclasses import replace
 
         from star.shapes import vocab
@@ -142,20 +149,20 @@ class ShapeWorldDataset(Dataset):
         rng = np.random.default_rng([self.seed, i])
         u = rng.random()
         if u >= self.varied:
-            return random_scene(rng, aligned=self.aligned)
+            return random_scene(rng, aligned=self.aligned, split=self.split)
         backgrounds = tuple(vocab.BACKGROUNDS)
         background = backgrounds[int(rng.integers(len(backgrounds)))]
         if u < self.varied / 2:
-            return random_scene(rng, aligned=self.aligned, background=background)
+            return random_scene(rng, aligned=self.aligned, background=background, split=self.split)
         for n in range(int(rng.integers(1, 6)), 0, -1):
             try:
                 scene = random_scene(rng, aligned=self.aligned, n_objects=n, background=background,
-                                     sizes=tuple(vocab.SIZE_BANDS))
+                                     sizes=tuple(vocab.SIZE_BANDS), split=self.split)
             except ValueError:  # too many large blocks to fit: one object fewer
                 continue
             objects = [replace(o, hollow=bool(rng.random() < 0.3)) for o in scene.objects]
             return Scene(objects=objects, background=scene.background)
-        return random_scene(rng, aligned=self.aligned)
+        return random_scene(rng, aligned=self.aligned, split=self.split)
 
     def image(self, i: int) -> Image.Image:
         from star.shapes.render import render
@@ -177,10 +184,11 @@ def open_image_dataset(spec: str, resolution: int, crop: Literal["stretch", "cen
         try:
             size = int(parts[0]) if parts and parts[0] else 1_000_000
             seed = int(parts[1]) if len(parts) > 1 and parts[1] else SHAPEWORLD_TRAIN_SEED
-            varied = float(parts[2]) if len(parts) > 2 else 0.2
+            varied = float(parts[2]) if len(parts) > 2 and parts[2] else 0.2
+            combos = parts[3] if len(parts) > 3 else "all"
         except ValueError as exc:
-            raise ValueError(f"bad ShapeWorld spec {spec!r}; use shapeworld[:N[:SEED[:VARIED]]]") from exc
-        return ShapeWorldDataset(size=size, resolution=resolution, seed=seed, varied=varied)
+            raise ValueError(f"bad ShapeWorld spec {spec!r}; use shapeworld[:N[:SEED[:VARIED[:all|train]]]]") from exc
+        return ShapeWorldDataset(size=size, resolution=resolution, seed=seed, varied=varied, combos=combos)
     path = Path(spec)
     if (path.is_dir() and (path / "manifest.json").is_file()) or (path.is_file() and path.suffix == ".jsonl"):
         return ImageFileDataset.from_records(path, resolution, crop)

@@ -202,7 +202,8 @@ def evaluate(model: VQModel, data: str = "shapeworld", n: int = 500, batch_size:
         parts = data.split(":")[1:]
         dataset = ShapeWorldDataset(size=int(parts[0]) if parts and parts[0] else n, resolution=resolution,
                                     seed=int(parts[1]) if len(parts) > 1 and parts[1] else SHAPEWORLD_EVAL_SEED,
-                                    varied=float(parts[2]) if len(parts) > 2 else 0.2)
+                                    varied=float(parts[2]) if len(parts) > 2 and parts[2] else 0.2,
+                                    combos=parts[3] if len(parts) > 3 else "all")
     else:
         dataset = open_image_dataset(data, resolution)
     n = min(n, len(dataset))

@@ -456,18 +456,16 @@ def kmeans_init_codebook(model: nn.Module, opt: torch.optim.Optimizer, dataset, 
     core.quantize.reset_usage()
 
 
-def pixel_dictionary(dataset, cfg: VQTrainConfig, vq_cfg: VQConfig, env: Dist) -> Tensor:
-    """k-means centroids of the raw pixel patches (one code cell each) of `cfg.kmeans_images` images -> (K, 3*f*f).
-    Deterministic in cfg.seed, so a resumed run rebuilds the same dictionary; every rank adopts rank 0's."""
+def pixel_dictionary(dataset, vq_cfg: VQConfig, images: int, iters: int, seed: int) -> Tensor:
+    """k-means centroids of the raw pixel patches (one code cell each) of `images` images of `dataset` -> (K, 3*f*f).
+    A pure function of its arguments, so a resumed run (or another rank) rebuilds the same dictionary."""
     f = vq_cfg.downsample
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 11)
-    idx = torch.randperm(len(dataset), generator=gen)[:cfg.kmeans_images].tolist()
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + 11)
+    idx = torch.randperm(len(dataset), generator=gen)[:images].tolist()
     patches = torch.cat([F.pixel_unshuffle(torch.stack([dataset[j] for j in idx[i:i + 256]]), f)
                          .permute(0, 2, 3, 1).reshape(-1, vq_cfg.in_channels * f * f)
                          for i in range(0, len(idx), 256)])                # (n*h*w, 3*f*f)
-    centres = kmeans_codebook(patches, vq_cfg.codebook_size, cfg.kmeans_iters, generator=gen,
-                              block=vq_cfg.search_block)
-    return broadcast_(centres.to(env.device).contiguous(), env)
+    return kmeans_codebook(patches, vq_cfg.codebook_size, iters, generator=gen, block=vq_cfg.search_block)
 
 
 def principal_coordinates(points: Tensor, dim: int) -> Tensor:
@@ -663,7 +661,8 @@ def train(cfg: VQTrainConfig) -> dict[str, Any]:
     fixed = torch.stack([dataset[i] for i in range(min(8, len(dataset)))]).to(env.device)  # grid images
     dictionary = None
     if cfg.dict_warmup and start_step < cfg.dict_warmup:
-        dictionary = pixel_dictionary(dataset, cfg, vq_cfg, env)
+        dictionary = pixel_dictionary(dataset, vq_cfg, cfg.kmeans_images, cfg.kmeans_iters, cfg.seed)
+        dictionary = broadcast_(dictionary.to(env.device).contiguous(), env)      # every rank adopts rank 0's
         if start_step == 0:                       # codes start as the principal coordinates of their patches
             weight = unwrap(model).quantize.embedding.weight
             init = principal_coordinates(dictionary.cpu(), vq_cfg.code_dim)

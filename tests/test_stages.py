@@ -80,6 +80,9 @@ def stage_cases(tiny_base_dir, star_vq_dir, dataset, gen_export):
                           ("hf.model.visual", "hf.model.language_model", "hf.lm_head"), ()),
         "vq": (dict(data=str(dataset), overrides=TINY_VQ),
                ("encoder", "decoder", "quantize", "quant_conv", "post_quant_conv"), ()),
+        "vq-dictionary-warmup": (dict(data=str(dataset), overrides=TINY_VQ, dict_warmup=1, kmeans_images=8,
+                                      kmeans_iters=2),
+                                 ("encoder", "decoder", "quantize", "quant_conv", "post_quant_conv"), ()),
         "generation": (gen, ("stacks.0", "adapter", "head"), ("base", "vq")),
         "generation-frozen-adapter": ({**gen, "train_adapter": False}, ("stacks.0", "head"),
                                       ("base", "vq", "adapter")),
@@ -90,7 +93,8 @@ def stage_cases(tiny_base_dir, star_vq_dir, dataset, gen_export):
     }
 
 
-@pytest.mark.parametrize("case", ["understanding", "vq", "generation", "generation-frozen-adapter", "editing",
+@pytest.mark.parametrize("case", ["understanding", "vq", "vq-dictionary-warmup", "generation",
+                                  "generation-frozen-adapter", "editing",
                                   "editing-new-stack"])
 def test_stage_declares_what_trains_and_a_step_moves_exactly_that(case, tmp_path, tiny_base_dir, star_vq_dir,
                                                                    dataset, gen_export):
@@ -430,3 +434,17 @@ def test_generation_under_torchrun_fsdp_matches_one_process(tmp_path, tiny_base_
     diffs = torch.cat([(wb[k].float() - wa[k].float()).abs().flatten() for k in wa])
     assert diffs.max() <= 1e-4, diffs.max()
     assert (diffs > 1e-6).float().mean() <= 1e-3, (int((diffs > 1e-6).sum()), diffs.numel())
+
+
+def test_vq_stage_dictionary_warmup_hands_over_to_plain_vq_training(tmp_path, dataset):
+    from star.training.stage_vq import VQOptions, dictionary_of
+
+    options = dict(data=str(dataset), overrides=TINY_VQ, dict_warmup=2, kmeans_images=8, kmeans_iters=2)
+    config = apply_overrides(stage_config("vq", tmp_path / "run", steps=3, export=False, **options),
+                             ["log_every=1"])
+    train(config, get_stage("vq"))
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+           if '"loss"' in line]
+    assert [("target_acc" in m) for m in log] == [True, True, False], "targets for the warm-up steps only"
+    opts = VQOptions(**options)
+    assert torch.equal(dictionary_of(opts, seed=0), dictionary_of(opts, seed=0)), "the same on every rank"

@@ -154,7 +154,7 @@ def test_dictionary_warmup_teaches_the_pixel_kmeans_codes_then_resumes_exactly(t
 
     vq_cfg = VQConfig(**cfg)
     dataset = ShapeWorldDataset(size=64, resolution=32, seed=0)
-    dictionary = pixel_dictionary(dataset, run_cfg(out, data, str(path), **run), vq_cfg, Dist())
+    dictionary = pixel_dictionary(dataset, vq_cfg, images=32, iters=5, seed=0)
     assert dictionary.shape == (16, 3 * 8 * 8)
     images = torch.stack([dataset[i] for i in range(4)])
     codes = patch_codes(images, dictionary, 8, 1 << 24)

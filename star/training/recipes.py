@@ -146,7 +146,8 @@ def shapes(out: str = "runs/shapes") -> Recipe:
     Budget at the rates measured on one core of the 2-core machine (docs/training.md): data ~4 min, pre-tokenising
     ~11 min, understanding ~23 min, generation ~72 min, editing ~20 min, about 130 min in all. Generation gets most
     of the time because ShapeGenEval is the hardest target; EMA + greedy decoding with CFG 3 is the shipped sampling
-    (research/feasibility2.md). The vq stage runs only when the shipped tokenizer is missing (then add ~14 min).
+    (research/feasibility2.md). The vq stage runs only when the shipped tokenizer is missing (then add ~25 min: 3,000
+    steps of the shipped tokenizer's schedule).
     """
     o = Path(out)
     sampling = {"guidance_scale": 3.0, "top_k": 1, "top_p": 1.0, "temperature": 1.0}
@@ -168,8 +169,10 @@ def shapes(out: str = "runs/shapes") -> Recipe:
                 stage_options=dict(base=str(o / "base-init"), data=[str(o / "data" / "understanding")],
                                    max_turns=8)), ("understanding",)),
             RecipeStage("vq", _config(
-                "vq", o, steps=1_500, batch_size=8, checkpoint_every=250,
-                stage_options=dict(data=str(o / "data" / "vq"), preset="shapes")), ("vq",)),
+                "vq", o, steps=3_000, batch_size=16, checkpoint_every=250,
+                optim=dict(lr=3e-3, min_lr=3e-4, warmup_steps=50, weight_decay=0.0),
+                stage_options=dict(data=str(o / "data" / "vq"), preset="shapes", dict_warmup=600,
+                                   kmeans_images=1024)), ("vq",)),
             RecipeStage("generation", _config(
                 "generation", o, steps=2_400, batch_size=32, checkpoint_every=200, ema_decay=0.999,
                 optim=dict(lr=5e-4, min_lr=5e-5, warmup_steps=100, weight_decay=0.05),
