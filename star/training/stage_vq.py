@@ -90,7 +90,8 @@ class VQBatch:
 
 
 class VQStream:
-    def __init__(self, config: TrainConfig, opts: VQOptions, rank: int, world_size: int, start_position: int):
+    def __init__(self, config: TrainConfig, opts: VQOptions, rank: int, world_size: int, start_position: int,
+                 dictionary: Tensor | None = None):
         self.ranges = micro_batch_ranges(config, rank, world_size, start_position)
         self.warn = Warnings()
         self.dataset, skipped = open_images(opts)
@@ -99,8 +100,10 @@ class VQStream:
         self.mixture = Mixture([len(self.dataset)], [1.0], config.seed)
         self.batch_size, self.dict_warmup = config.batch_size, opts.dict_warmup
         self.downsample, self.search_block = opts.vq_config().downsample, opts.vq_config().search_block
-        self.dictionary = dictionary_of(opts, config.seed, self.dataset) \
-            if opts.dict_warmup and start_position < opts.dict_warmup * config.batch_size else None
+        in_warmup = opts.dict_warmup and start_position < opts.dict_warmup * config.batch_size
+        if in_warmup and dictionary is None:
+            dictionary = dictionary_of(opts, config.seed, self.dataset)
+        self.dictionary = dictionary if in_warmup else None
 
     @property
     def warnings(self) -> dict[str, int]:
@@ -153,14 +156,15 @@ class VQStage:
         opts = self.options(config)
         self._weights = (opts.l1_weight, opts.l2_weight)
         model = VQModel(opts.vq_config())              # initialised from the trainer-seeded global RNG
-        if opts.dict_warmup:                           # codes start as their patches' principal coordinates
+        self._dictionary = dictionary_of(opts, config.seed) if opts.dict_warmup else None   # reused by batches()
+        if self._dictionary is not None:              # codes start as their patches' principal coordinates
             with torch.no_grad():                      # (a resumed run's checkpoint then overwrites them)
-                model.quantize.embedding.weight.copy_(
-                    principal_coordinates(dictionary_of(opts, config.seed), model.config.code_dim))
+                model.quantize.embedding.weight.copy_(principal_coordinates(self._dictionary, model.config.code_dim))
         return model.to(device)
 
     def batches(self, config: TrainConfig, rank: int, world_size: int, start_position: int) -> VQStream:
-        return VQStream(config, self.options(config), rank, world_size, start_position)
+        return VQStream(config, self.options(config), rank, world_size, start_position,
+                        getattr(self, "_dictionary", None))
 
     def loss(self, model: nn.Module, batch: VQBatch) -> tuple[Tensor, dict[str, float]]:
         device = next(model.parameters()).device
