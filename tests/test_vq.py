@@ -16,15 +16,6 @@ TINY = dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, norm_groups=8, attn_heads=2
             code_dim=8, resolution=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: fastest on a shared 2-core machine; restored for the other test modules."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture
 def tiny_vq() -> VQModel:
     torch.manual_seed(0)
