@@ -59,8 +59,8 @@ class TinyBaseSpec:
     vision_intermediate_size: int = 384
     vision_depth: int = 4
     vision_heads: int = 2
-    patch_size: int = 8
-    merge_size: int = 2
+    patch_size: int = 16
+    merge_size: int = 1
     image_size: int = 128
     initializer_range: float = 0.02
     seed: int = 0
@@ -165,9 +165,10 @@ def shapes(out: str = "runs/shapes") -> Recipe:
         stages=[
             RecipeStage("understanding", _config(
                 "understanding", o, steps=300, batch_size=32, checkpoint_every=50,
-                optim=dict(lr=1e-3, min_lr=1e-4, warmup_steps=60, weight_decay=0.05),
+                optim=dict(lr=2e-3, min_lr=1e-4, warmup_steps=60, weight_decay=0.05),
                 stage_options=dict(base=str(o / "base-init"), data=[str(o / "data" / "understanding")],
-                                   max_turns=8)), ("understanding",)),
+                                   max_turns=8, tasks={"vqa": 0.75, "caption": 0.1, "text_qa": 0.05, "wise": 0.07,
+                                                       "caption_lm": 0.03})), ("understanding",)),
             RecipeStage("vq", _config(
                 "vq", o, steps=3_000, batch_size=16, checkpoint_every=250,
                 optim=dict(lr=3e-3, min_lr=3e-4, warmup_steps=50, weight_decay=0.0),
