@@ -64,3 +64,21 @@ def test_ema_resumes_exactly_and_is_refused_when_absent(tmp_path):
     train(config(tmp_path / "plain", steps=2, ema_decay=0.0, export=False), ToyStage())
     with pytest.raises(ValueError, match="no EMA weights"):
         train(config(tmp_path / "plain", steps=4, resume=True), ToyStage())
+
+
+def test_snapshots_hold_the_ema_mid_run_and_change_nothing_else(tmp_path):
+    from star.training.runlog import read_log
+
+    train(config(tmp_path / "snap", steps=8, snapshot_every=4), ToyStage())
+    train(config(tmp_path / "short", steps=4), ToyStage())      # the same first 4 updates (decay_steps fixed)
+    train(config(tmp_path / "plain", steps=8), ToyStage())
+    snaps = sorted(p.name for p in (tmp_path / "snap" / "snapshots").iterdir())
+    assert snaps == ["step_00000004"], "one snapshot mid-run; the last step is the export"
+    mid = load_file(str(tmp_path / "snap" / "snapshots" / snaps[0] / "trainable.safetensors"))
+    short = load_file(str(tmp_path / "short" / "export" / "trainable.safetensors"))
+    assert all(torch.equal(mid[k], short[k]) for k in short), "the snapshot is the EMA after 4 updates"
+    loss = lambda run: [r["loss"] for r in read_log(tmp_path / run / "log.jsonl")]  # noqa: E731
+    assert loss("snap") == loss("plain"), "swapping the averages in and out must not touch the training weights"
+    a = load_file(str(tmp_path / "snap" / "export" / "trainable.safetensors"))
+    b = load_file(str(tmp_path / "plain" / "export" / "trainable.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -92,6 +92,9 @@ class TrainConfig:
     """Show a tqdm progress bar on rank 0."""
     export: bool = True
     """At the end, call stage.export(model, out_dir/export) on rank 0."""
+    snapshot_every: int = 0
+    """Also export the (EMA) weights to out_dir/snapshots/step_XXXXXXXX every this many steps (0 = never): model
+    folders to evaluate for a learning curve (scripts/learning_curve.py). Kept, unlike checkpoints."""
     ema_decay: float = 0.0
     """EMA of the trainable weights (0 = off): kept and checkpointed during the run, exported instead of the raw
     weights; the decay ramps as min(ema_decay, (1 + n) / (10 + n)) over the n updates (star/training/ema.py)."""
@@ -110,6 +113,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0 = only at the end), got {self.checkpoint_every}")
+        if self.snapshot_every < 0:
+            raise ValueError(f"snapshot_every must be >= 0 (0 = never), got {self.snapshot_every}")
         if self.batch_size % self.grad_accum:
             raise ValueError(
                 f"batch_size={self.batch_size} is not divisible by grad_accum={self.grad_accum}; "

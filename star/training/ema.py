@@ -9,6 +9,9 @@ have the parameters' own dtype (fp32) and sharding (DTensor shards under FSDP2);
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -36,3 +39,15 @@ class EMA:
     def copy_to_model(self) -> None:
         for name, p in self.params.items():
             p.copy_(self.shadow[name])
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """The averages in the model for the duration (a mid-run snapshot); the trained weights come back after."""
+        trained = {name: p.detach().clone() for name, p in self.params.items()}
+        self.copy_to_model()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, p in self.params.items():
+                    p.copy_(trained[name])

@@ -8,6 +8,8 @@ The same code runs as one CPU process and under torchrun on many GPUs; what diff
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -26,7 +28,7 @@ from star.training.stages import Stage
 
 # Settings that may change between a run and its resume without changing the math (beyond float rounding).
 _RESUME_FREE = {
-    "out_dir", "resume", "progress", "log_every", "checkpoint_every", "keep_checkpoints", "export",
+    "out_dir", "resume", "progress", "log_every", "checkpoint_every", "keep_checkpoints", "export", "snapshot_every",
     "parallel", "device", "activation_checkpointing", "grad_accum", "max_consecutive_nonfinite",
 }
 
@@ -196,6 +198,32 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
         if env.is_main:
             plot_loss_curve(read_log(log.path), out / "loss.png", title=f"{stage.name}: {out.name}")
 
+    def export_weights(path: Path) -> None:
+        """stage.export of the model as it is now, from a plain unsharded module on rank 0 (a collective under
+        FSDP2), written under a temp name and renamed into place."""
+        tmp = path.with_name(path.name + ".tmp")
+        if mode == "fsdp":
+            full = checkpointing.full_trainable_state(model, stage.frozen)  # collective; tensors on rank 0 only
+            if env.is_main:
+                rng = checkpointing.rng_state()  # a mid-run snapshot must not move the run's random streams
+                checkpointing.seed_everything(config.seed)
+                plain = stage.build(config, torch.device("cpu"), dtype)
+                checkpointing.set_rng_state(rng)
+                result = plain.load_state_dict(full, strict=False)
+                missing = [k for k in result.missing_keys if not checkpointing.is_under(k, stage.frozen)]
+                if missing or result.unexpected_keys:
+                    raise KeyError(f"export: missing={missing[:5]} unexpected={result.unexpected_keys[:5]}")
+                checkpointing.verify_frozen(plain, stage.frozen, frozen_sha, when="export rebuild")
+        else:
+            plain = model
+        if env.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            stage.export(plain, tmp)
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        parallel.barrier(env)
+
     # -----------------------------------------------------------------------------
     # Data: this rank's micro-batches, from the position the checkpoint recorded
     stream = stage.batches(config, env.rank, env.world_size, position)
@@ -283,34 +311,24 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
         if bar is not None:
             bar.update(1)
 
-        # checkpoint
+        # checkpoint, snapshot
         if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.steps:
             save_checkpoint()
+        if config.snapshot_every and step % config.snapshot_every == 0 and step < config.steps:
+            with ema.applied() if ema is not None else nullcontext():
+                export_weights(out / "snapshots" / f"step_{step:08d}")
     if bar is not None:
         bar.close()
     log.close()
 
     # -----------------------------------------------------------------------------
-    # Export the trained parts (a plain, unsharded module on rank 0)
+    # Export the trained parts
     export_dir = out / "export"
     if config.export:
         if ema is not None:
             ema.copy_to_model()  # the run is over (its last checkpoint holds the raw weights): export the averages
             _print0(env, f"exporting the EMA weights (decay {config.ema_decay}, {ema.updates} updates)")
-        if mode == "fsdp":
-            full = checkpointing.full_trainable_state(model, stage.frozen)  # collective; tensors on rank 0 only
-            if env.is_main:
-                checkpointing.seed_everything(config.seed)
-                plain = stage.build(config, torch.device("cpu"), dtype)
-                result = plain.load_state_dict(full, strict=False)
-                missing = [k for k in result.missing_keys if not checkpointing.is_under(k, stage.frozen)]
-                if missing or result.unexpected_keys:
-                    raise KeyError(f"export: missing={missing[:5]} unexpected={result.unexpected_keys[:5]}")
-                checkpointing.verify_frozen(plain, stage.frozen, frozen_sha, when="export rebuild")
-                stage.export(plain, export_dir)
-        elif env.is_main:
-            stage.export(model, export_dir)
-        parallel.barrier(env)
+        export_weights(export_dir)
         _print0(env, f"exported to {export_dir}")
     return {
         "rank": env.rank,
