@@ -3,7 +3,8 @@
 Module map, in data-flow order:
 
     image ─▶ vq.encode ─▶ codes (B, h, w) ─▶ vq.embed ─▶ adapter ─┐
-    text  ─▶ chat (template, null row) ─▶ base.embed_text ────────┴▶ base (frozen) ─▶ stacked_ar ─▶ head ─▶ logits (B, N, K)
+    text  ─▶ chat (template, null row) ─▶ base.embed_text ────────┴▶ base (frozen) ─▶ stacked_ar ─▶ head
+          ─▶ logits (B, N, K)
     generation: sampling (CFG, top-k/top-p) ─▶ next code ─▶ vq.embed ─▶ adapter ─▶ fed back   (loop in generate.py)
     output:     codes ─▶ vq.decode ─▶ pixels ─▶ pipeline (PIL)
     understanding: image ─▶ base ViT ─▶ base ─▶ base LM head ─▶ text

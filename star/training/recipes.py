@@ -175,7 +175,7 @@ def shapes(out: str = "runs/shapes") -> Recipe:
                 stage_options=dict(data=str(o / "data" / "vq"), preset="shapes", dict_warmup=600,
                                    kmeans_images=1024)), ("vq",)),
             RecipeStage("generation", _config(
-                "generation", o, steps=2_400, batch_size=32, checkpoint_every=200, ema_decay=0.999,
+                "generation", o, steps=2_400, batch_size=32, checkpoint_every=200, snapshot_every=400, ema_decay=0.999,
                 optim=dict(lr=5e-4, min_lr=5e-5, warmup_steps=100, weight_decay=0.05),
                 stage_options=dict(base=str(o / "base"), vq=str(o / "vq"), data=[str(o / "data" / "t2i")],
                                    stack_layers=4, adapter_depth=2, train_adapter=True, cfg_dropout=0.1,
@@ -586,7 +586,8 @@ def dry_run(recipe: Recipe) -> list[str]:
     (out / "configs").mkdir(parents=True, exist_ok=True)
     commands = []
     if recipe.vq not in ("shipped", "train") and Path(recipe.vq).suffix in (".pt", ".pth", ".bin"):
-        commands.append(f"python -c \"from star.vq import load_vq; load_vq('{recipe.vq}').save_pretrained('{out / 'vq'}')\"")
+        convert = f"from star.vq import load_vq; load_vq('{recipe.vq}').save_pretrained('{out / 'vq'}')"
+        commands.append(f'python -c "{convert}"')
     for data in sorted({d for entry in recipe.stages for d in entry.data}):
         if data not in recipe.datasets:
             commands.append(f"star tokenize --data {out / 'data' / data} --vq {out / 'vq'}")
