@@ -2,7 +2,7 @@
 
     python scripts/learning_curve.py --run runs/shapes/generation --out runs/shapes/curve --limit 25 --watch
 
-The run must have been trained with `snapshot_every` (the `shapes` recipe snapshots every 400 steps): each
+The run must have been trained with `snapshot_every` (the `shapes` recipe snapshots every 200 steps): each
 RUN/snapshots/step_N/ and the final RUN/export/ is scored with `star eval shapes --suite geneval --model FOLDER
 --out OUT/step_N --limit L --images-per-prompt K` (printed before it starts; resumable). Training minutes at step N
 are the summed step times from RUN/log.jsonl (batch_size / samples_per_s per step: compute only, no checkpointing or

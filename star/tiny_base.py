@@ -114,6 +114,7 @@ def build_tiny_base(
     merge_size: int = 2,
     image_size: int = 128,
     max_position_embeddings: int = 4096,
+    rope_theta: float = 1_000_000.0,
     initializer_range: float = 0.02,
     seed: int = 0,
 ) -> Path:
@@ -122,7 +123,9 @@ def build_tiny_base(
     `vocab_size` is the BPE target size (the model's embedding table rounds len(tokenizer) up to a multiple of 64).
     `image_size` sets the image processor's pixel budget: an image of that side becomes
     (image_size / (patch_size * merge_size))**2 ViT tokens in the language model. `initializer_range` is the std of
-    the random weights (tests use a larger one so that a random model's answers depend on its input).
+    the random weights (tests use a larger one so that a random model's answers depend on its input). `rope_theta` is
+    the language model's RoPE base: M-RoPE gives the image width axis the lowest frequencies, which at Qwen's 1e6 turn
+    by under 0.01 rad across an 8-cell row, so a small image grid wants a much smaller base.
     """
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -154,7 +157,7 @@ def build_tiny_base(
             vocab_size=-(-len(tokenizer) // 64) * 64, hidden_size=hidden_size, intermediate_size=intermediate_size,
             num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
             max_position_embeddings=max_position_embeddings, rms_norm_eps=1e-6, initializer_range=initializer_range,
-            rope_parameters=dict(rope_type="default", rope_theta=1_000_000.0, mrope_section=mrope_section),
+            rope_parameters=dict(rope_type="default", rope_theta=rope_theta, mrope_section=mrope_section),
             bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
         ),
         vision_config=dict(

@@ -62,6 +62,7 @@ class TinyBaseSpec:
     patch_size: int = 16
     merge_size: int = 1
     image_size: int = 128
+    rope_theta: float = 1_000_000.0
     initializer_range: float = 0.02
     seed: int = 0
 
@@ -175,7 +176,7 @@ def shapes(out: str = "runs/shapes") -> Recipe:
                 stage_options=dict(data=str(o / "data" / "vq"), preset="shapes", dict_warmup=600,
                                    kmeans_images=1024)), ("vq",)),
             RecipeStage("generation", _config(
-                "generation", o, steps=2_400, batch_size=32, checkpoint_every=200, snapshot_every=400, ema_decay=0.999,
+                "generation", o, steps=2_400, batch_size=32, checkpoint_every=200, snapshot_every=200, ema_decay=0.999,
                 optim=dict(lr=5e-4, min_lr=5e-5, warmup_steps=100, weight_decay=0.05),
                 stage_options=dict(base=str(o / "base"), vq=str(o / "vq"), data=[str(o / "data" / "t2i")],
                                    stack_layers=4, adapter_depth=2, train_adapter=True, cfg_dropout=0.1,
