@@ -1,0 +1,93 @@
+"""Package a finished `shapes` recipe run as the shipped default model (star/assets/star-shapes).
+
+    python scripts/ship_model.py --run runs/shapes [--out star/assets/star-shapes]
+
+Writes, atomically (temp folder + rename):
+
+    OUT/config.json            the run's OUT/model config with base = "base" and vq = "../vq-shapes"
+    OUT/model.safetensors      stack, adapter, head (fp16; loaded back in the caller's dtype)
+    OUT/base/                  the understanding stage's base folder (weights fp16, tokenizer, processor, template)
+    OUT/training/              provenance: recipe.json, and per stage config.json, DONE, loss.png, log.jsonl.gz
+
+The run's VQ must be the shipped tokenizer (checked tensor by tensor), which the model then references instead of
+carrying a second copy. Every figure reported for the shipped model must be measured on OUT itself (fp16 storage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from star.vq import SHIPPED_SHAPES_DIR  # noqa: E402
+
+
+def half(src: Path, dst: Path) -> None:
+    """Copy a safetensors file with its floating tensors stored as fp16 (ints kept)."""
+    state = load_file(str(src))
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(dst),
+              metadata={"format": "pt"})
+
+
+def check_vq(run_vq: Path) -> None:
+    a, b = load_file(str(run_vq / "model.safetensors")), load_file(str(SHIPPED_SHAPES_DIR / "model.safetensors"))
+    if a.keys() != b.keys() or any(not torch.equal(a[k], b[k]) for k in a):
+        raise SystemExit(f"{run_vq} is not the shipped tokenizer {SHIPPED_SHAPES_DIR}; ship that VQ too (not done by "
+                         f"this script)")
+
+
+def build(run: Path, tmp: Path) -> None:
+    model = run / "model"
+    config = json.loads((model / "config.json").read_text())
+    check_vq(run / "vq")
+    config.update(base="base", vq="../vq-shapes")
+    tmp.mkdir(parents=True)
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    half(model / "model.safetensors", tmp / "model.safetensors")
+    shutil.copytree(run / "base", tmp / "base", ignore=shutil.ignore_patterns("model.safetensors"))
+    half(run / "base" / "model.safetensors", tmp / "base" / "model.safetensors")
+    prov = tmp / "training"
+    prov.mkdir()
+    shutil.copy2(run / "recipe.json", prov / "recipe.json")
+    for stage in ("understanding", "generation", "editing"):
+        src, dst = run / stage, prov / stage
+        dst.mkdir()
+        for name in ("config.json", "DONE", "loss.png"):
+            if (src / name).is_file():
+                shutil.copy2(src / name, dst / name)
+        with open(src / "log.jsonl", "rb") as f, gzip.open(dst / "log.jsonl.gz", "wb") as g:
+            shutil.copyfileobj(f, g)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="a finished `star train --recipe shapes` output folder")
+    p.add_argument("--out", default=str(REPO / "star" / "assets" / "star-shapes"))
+    args = p.parse_args()
+    run, out = Path(args.run), Path(args.out)
+    for need in ("model/config.json", "base/config.json", "vq/model.safetensors", "editing/DONE"):
+        if not (run / need).exists():
+            raise SystemExit(f"{run} is not a finished shapes run: {run / need} is missing")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    build(run, tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"shipped {run} -> {out} ({size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
