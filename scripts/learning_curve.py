@@ -77,6 +77,9 @@ def main() -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--limit", type=int, default=25, help="prompts per GenEval tag (default 25)")
     p.add_argument("--images-per-prompt", type=int, default=1)
+    p.add_argument("--top-k", type=int, default=None, help="sampling override (default: the model's)")
+    p.add_argument("--temperature", type=float, default=None, help="sampling override (default: the model's)")
+    p.add_argument("--guidance-scale", type=float, default=None, help="CFG override (default: the model's)")
     p.add_argument("--watch", action="store_true", help="wait for new snapshots until RUN/export appears")
     p.add_argument("--poll", type=float, default=60.0, help="seconds between looks for new snapshots (--watch)")
     args = p.parse_args()
@@ -93,6 +96,9 @@ def main() -> int:
                 cmd = [sys.executable, "-m", "star.cli", "eval", "shapes", "--suite", "geneval", "--model",
                        str(folder), "--out", str(dest), "--limit", str(args.limit), "--images-per-prompt",
                        str(args.images_per_prompt), "--quiet"]
+                for flag in ("top_k", "temperature", "guidance_scale"):
+                    if getattr(args, flag) is not None:
+                        cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
                 print("+", " ".join(cmd), flush=True)
                 subprocess.run(cmd, check=True)
             summary = json.loads((dest / "summary.json").read_text())
