@@ -1,13 +1,17 @@
 """Package a finished `shapes` recipe run as the shipped default model (star/assets/star-shapes).
 
-    python scripts/ship_model.py --run runs/shapes [--out star/assets/star-shapes]
+    python scripts/ship_model.py --run runs/shapes [--out star/assets/star-shapes] [--top-k K --temperature T
+                                 --guidance-scale S]
 
 Writes, atomically (temp folder + rename):
 
     OUT/config.json            the run's OUT/model config with base = "base" and vq = "../vq-shapes"
     OUT/model.safetensors      stack, adapter, head (fp16; loaded back in the caller's dtype)
     OUT/base/                  the understanding stage's base folder (weights fp16, tokenizer, processor, template)
-    OUT/training/              provenance: recipe.json, and per stage config.json, DONE, loss.png, log.jsonl.gz
+    OUT/training/              provenance: recipe.json, shipped.json (what this script changed), and per stage
+                               config.json, DONE, loss.png, log.jsonl.gz
+
+The sampling options replace the recipe's default sampling in the shipped config (recorded in shipped.json).
 
 The run's VQ must be the shipped tokenizer (checked tensor by tensor), which the model then references instead of
 carrying a second copy. Every figure reported for the shipped model must be measured on OUT itself (fp16 storage).
@@ -46,11 +50,13 @@ def check_vq(run_vq: Path) -> None:
                          f"this script)")
 
 
-def build(run: Path, tmp: Path) -> None:
+def build(run: Path, tmp: Path, sampling: dict) -> None:
     model = run / "model"
     config = json.loads((model / "config.json").read_text())
     check_vq(run / "vq")
-    config.update(base="base", vq="../vq-shapes")
+    shipped = {"from": str(run.resolve()), "base": [config["base"], "base"], "vq": [config["vq"], "../vq-shapes"],
+               "sampling": [dict(config["sampling"]), {**config["sampling"], **sampling}]}
+    config.update(base="base", vq="../vq-shapes", sampling={**config["sampling"], **sampling})
     tmp.mkdir(parents=True)
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     half(model / "model.safetensors", tmp / "model.safetensors")
@@ -59,6 +65,7 @@ def build(run: Path, tmp: Path) -> None:
     prov = tmp / "training"
     prov.mkdir()
     shutil.copy2(run / "recipe.json", prov / "recipe.json")
+    (prov / "shipped.json").write_text(json.dumps(shipped, indent=2) + "\n")
     for stage in ("understanding", "generation", "editing"):
         src, dst = run / stage, prov / stage
         dst.mkdir()
@@ -73,14 +80,19 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="a finished `star train --recipe shapes` output folder")
     p.add_argument("--out", default=str(REPO / "star" / "assets" / "star-shapes"))
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--guidance-scale", type=float, default=None)
     args = p.parse_args()
+    sampling = {k: v for k, v in (("top_k", args.top_k), ("temperature", args.temperature),
+                                  ("guidance_scale", args.guidance_scale)) if v is not None}
     run, out = Path(args.run), Path(args.out)
     for need in ("model/config.json", "base/config.json", "vq/model.safetensors", "editing/DONE"):
         if not (run / need).exists():
             raise SystemExit(f"{run} is not a finished shapes run: {run / need} is missing")
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    build(run, tmp)
+    build(run, tmp, sampling)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
