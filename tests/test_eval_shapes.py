@@ -16,7 +16,6 @@ import pytest
 from PIL import Image
 
 from star.cli import main as cli_main
-from star.commands import DEFAULT_MODEL
 from star.eval_shapes import EvalConfig, evaluate, take_per_group, wise_overall
 from star.pipeline import STARPipeline
 from star.shapes.cli_prompts import build
@@ -179,11 +178,11 @@ def test_failed_items_are_counted_and_scored_wrong_never_dropped(tmp_path):
         evaluate(OraclePipeline(fail=lambda p: True), EvalConfig(suite="wise", out=tmp_path / "w", limit=1), **QUIET)
 
 
-def test_cli_errors_are_one_clear_line(tmp_path, capsys):
-    if not (DEFAULT_MODEL / "config.json").exists():
-        assert cli_main(["eval", "shapes", "--suite", "geneval", "--out", str(tmp_path / "x")]) == 2
-        err = capsys.readouterr().err
-        assert "no default model is installed" in err and "--model" in err
+def test_cli_errors_are_one_clear_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("star.commands.DEFAULT_MODEL", tmp_path / "not-installed")      # a package without its model
+    assert cli_main(["eval", "shapes", "--suite", "geneval", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "no default model is installed" in err and "--model" in err
     with pytest.raises(ValueError, match="reasoning applies to the text-to-image suites"):
         EvalConfig(suite="vqa", out=tmp_path, reasoning=True)
     assert wise_overall({"Cultural": 1.0, "Time": 0.0, "Space": 0.0, "Biology": 0.0, "Physics": 0.0,

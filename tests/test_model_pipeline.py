@@ -15,7 +15,6 @@ from PIL import Image
 
 from star.chat import reasoning_row
 from star.cli import main as cli_main
-from star.commands import DEFAULT_MODEL
 from star.generate import generate_codes
 from star.model import Condition
 from star.pipeline import STARPipeline
@@ -153,11 +152,11 @@ def test_bad_inputs_raise_clear_errors(pipe, make_star, tmp_path, tiny_base_dir)
         STAR(model.config, model.base, small)
 
 
-def test_cli_generate_edit_understand(make_star, tmp_path, capsys):
-    if not (DEFAULT_MODEL / "config.json").exists():
-        assert cli_main(["generate", "a red cube", "-o", str(tmp_path / "x.png")]) == 2
-        err = capsys.readouterr().err
-        assert "no default model is installed" in err and "--model" in err
+def test_cli_generate_edit_understand(make_star, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("star.commands.DEFAULT_MODEL", tmp_path / "not-installed")      # a package without its model
+    assert cli_main(["generate", "a red cube", "-o", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "no default model is installed" in err and "--model" in err
     folder = tmp_path / "star"
     make_star().save_pretrained(folder)
     common = ["--model", str(folder), "--device", "cpu"]
