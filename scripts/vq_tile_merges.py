@@ -1,10 +1,13 @@
-"""Which pixel-different ShapeWorld tiles does a tokenizer give the same code? (why round trips fail)
+"""Which pixel-different ShapeWorld tiles does a tokenizer give the same code (why round trips fail), and which equal
+tiles does it give different codes (context in the codes: what makes them harder to predict than the scene)?
 
     python scripts/vq_tile_merges.py [--model star/assets/vq-shapes] [--show 10]
 
 Renders every medium object (class × orientation × colour) alone on the default background at three grid positions,
 encodes it, and records the code of each of its four 16-px quadrant tiles. A code is *merged* when it holds two tiles
-whose pixels differ by more than --tolerance (0–255) somewhere: the decoder can draw only one of them.
+whose pixels differ by more than --tolerance (0–255) somewhere: the decoder can draw only one of them. A tile is
+*split* when it gets more than one code across the positions, and the background line counts the distinct codes of
+plain background cells in all those renders (1 for a tokenizer whose codes depend on the cell alone).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ def main() -> int:
     cell = 128 // 8
     tiles: dict[tuple, np.ndarray] = {}
     owners: dict[int, set] = collections.defaultdict(set)
+    codes_of: dict[tuple, set] = collections.defaultdict(set)
+    background: collections.Counter = collections.Counter()
     for shape in vocab.CLASSES:
         for orient in vocab.ORIENTATIONS[shape]:
             for color in vocab.COLORS:
@@ -49,12 +54,16 @@ def main() -> int:
                         codes = vq.encode(vq_pixels(image, 128)[None])[0]                   # (8, 8)
                     pixels = np.asarray(image).astype(np.int16)
                     x0, y0 = round(cx * 8 - 1), round(cy * 8 - 1)
+                    for (r, c), code in np.ndenumerate(codes.numpy()):
+                        if not (y0 <= r <= y0 + 1 and x0 <= c <= x0 + 1):
+                            background[int(code)] += 1
                     for qy in range(2):
                         for qx in range(2):
                             key = (shape, orient, color, qy, qx)
                             y, x = (y0 + qy) * cell, (x0 + qx) * cell
                             tiles[key] = pixels[y:y + cell, x:x + cell]
                             owners[int(codes[y0 + qy, x0 + qx])].add(key)
+                            codes_of[key].add(int(codes[y0 + qy, x0 + qx]))
 
     def spread(keys) -> int:
         keys = sorted(keys)
@@ -66,6 +75,9 @@ def main() -> int:
     for code, keys in sorted(merged.items(), key=lambda kv: -len(kv[1]))[: args.show]:
         names = ", ".join("/".join(map(str, k)) for k in sorted(keys))
         print(f"  code {code} (max difference {spread(keys)}): {names}")
+    split = sum(len(c) > 1 for c in codes_of.values())
+    print(f"{split} of {len(tiles)} tiles get more than one code across 3 positions; plain background cells get "
+          f"{len(background)} distinct codes (most common: {background.most_common(4)})")
     return 0
 
 

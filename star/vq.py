@@ -65,6 +65,14 @@ class VQConfig:
     """Space-to-depth factor of the stem: the encoder first folds p x p pixel patches into channels (pixel_unshuffle)
     and the decoder ends by unfolding them (pixel_shuffle); 1 = none (upstream). Downsample = p * 2**(len(ch_mult)-1).
     A large p trades the full-resolution convolutions (most of the compute) for width at low resolution."""
+    local_encoder: bool = False
+    """Encode every code cell from its own pixels only: the encoder runs on each downsample x downsample cell as a
+    separate image, so a code is a function of its cell (no context from neighbours, attention or border padding).
+    Off upstream. On for ShapeWorld, whose cells are exact tiles: a context-free code makes equal tiles equal codes,
+    which is what keeps the code sequences as predictable as the scenes (docs/vq.md)."""
+    local_decoder: bool = False
+    """Decode every cell from its own code only (the decoder runs on each code as a 1 x 1 latent): no colour or
+    shape bleeds from one cell into another. Off upstream; on for ShapeWorld, whose cells are exact tiles."""
     ch: int = 128
     """Base channel width; level i of the encoder/decoder has ch * ch_mult[i] channels."""
     ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
@@ -158,9 +166,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                     z_channels=512, codebook_size=65536, code_dim=512, codebook_l2_norm=False, resolution=384),
     # ShapeWorld: 128^2 -> 8x8 = 64 codes, one per 16-px grid cell: a 16x16 space-to-depth stem, then every layer at
     # 8x8 (the full-resolution convolutions cost most and learn slowest on 2 CPU cores; see docs/vq.md).
-    "shapes": dict(patch_size=16, ch=128, ch_mult=(1,), num_res_blocks=2, decoder_res_blocks=2, attn_heads=4,
-                   z_channels=64, norm_groups=32, codebook_size=512, code_dim=16, codebook_l2_norm=False,
-                   resolution=128),
+    # Every cell is encoded and decoded on its own (local_encoder, local_decoder): one tile is always one code.
+    "shapes": dict(patch_size=16, local_encoder=True, local_decoder=True, ch=128, ch_mult=(1,), num_res_blocks=2,
+                   decoder_res_blocks=2, attn_heads=4, z_channels=64, norm_groups=32, codebook_size=1024,
+                   code_dim=16, codebook_l2_norm=False, resolution=128),
 }
 
 
@@ -252,7 +261,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: VQConfig):
         super().__init__()
         g, levels = cfg.norm_groups, len(cfg.ch_mult)
-        self.patch = cfg.patch_size
+        self.patch, self.cell = cfg.patch_size, cfg.downsample if cfg.local_encoder else 0
         self.conv_in = nn.Conv2d(cfg.in_channels * self.patch ** 2, cfg.ch, 3, padding=1)
         self.conv_blocks = nn.ModuleList()
         block_in = cfg.ch
@@ -274,6 +283,15 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, cfg.z_channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, 3, H, W) -> (B, z, H/f, W/f)
+        if self.cell:                                                     # every f x f cell is its own image
+            b, c, hh, ww = x.shape
+            h, w, f = hh // self.cell, ww // self.cell, self.cell
+            cells = x.reshape(b, c, h, f, w, f).permute(0, 2, 4, 1, 3, 5).reshape(b * h * w, c, f, f)
+            z = self._encode(cells)                                      # (B*h*w, z, 1, 1)
+            return z.reshape(b, h, w, -1).permute(0, 3, 1, 2)            # (B, z, h, w)
+        return self._encode(x)
+
+    def _encode(self, x: Tensor) -> Tensor:  # (B, 3, H, W) -> (B, z, H/f, W/f)
         if self.patch > 1:
             x = F.pixel_unshuffle(x, self.patch)                          # (B, 3*p*p, H/p, W/p)
         h = self.conv_in(x)
@@ -313,10 +331,19 @@ class Decoder(nn.Module):
                 level.upsample = Upsample(block_in)
             self.conv_blocks.append(level)
         self.norm_out = _norm(block_in, g)
-        self.patch = cfg.patch_size
+        self.patch, self.cell = cfg.patch_size, cfg.downsample if cfg.local_decoder else 0
         self.conv_out = nn.Conv2d(block_in, cfg.out_channels * self.patch ** 2, 3, padding=1)
 
     def forward(self, z: Tensor) -> Tensor:  # (B, z, h, w) -> (B, 3, h*f, w*f)
+        if self.cell:                                                     # every code is its own 1 x 1 image
+            b, d, h, w = z.shape
+            f = self.cell
+            cells = self._decode(z.permute(0, 2, 3, 1).reshape(b * h * w, d, 1, 1))   # (B*h*w, 3, f, f)
+            c = cells.shape[1]
+            return cells.reshape(b, h, w, c, f, f).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h * f, w * f)
+        return self._decode(z)
+
+    def _decode(self, z: Tensor) -> Tensor:  # (B, z, h, w) -> (B, 3, h*f, w*f)
         h = self.conv_in(z)
         for block in self.mid:
             h = block(h)
@@ -419,13 +446,16 @@ def code_cross_entropy(z: Tensor, codebook: Tensor, targets: Tensor, block: int 
 
 @torch.no_grad()
 def kmeans_codebook(z: Tensor, k: int, iters: int = 10, *, l2_norm: bool = False,
-                    generator: torch.Generator | None = None, block: int = 1 << 24) -> Tensor:
+                    generator: torch.Generator | None = None, block: int = 1 << 24,
+                    weights: Tensor | None = None, seeds: int = 0) -> Tensor:
     """k centroids of the rows of z (N, d) by Lloyd's algorithm, seeded k-means++ style -> (k, d) fp32.
 
-    Seeding draws each centre with probability proportional to the squared distance to the nearest centre so far,
-    in rounds of k/8 centres at a time (one chunked distance pass per round). A centre left without points is
-    re-seeded at the point worst served by the current centres. With `l2_norm` the rows and centres are unit vectors
-    (spherical k-means, matching a cosine codebook). Deterministic for a given `generator`.
+    The first `seeds` rows of z are centres that stay where they are (exact dictionary entries); the rest are drawn
+    with probability proportional to (weight x) the squared distance to the nearest centre so far, in rounds of k/8
+    centres at a time (one chunked distance pass per round), and move by Lloyd's steps. `weights` (N,) counts each
+    row that many times (a deduplicated set of points). A centre left without points is re-seeded at the point worst
+    served by the current centres. With `l2_norm` the rows and centres are unit vectors (spherical k-means, matching
+    a cosine codebook). Deterministic for a given `generator`.
     """
     if z.ndim != 2 or z.shape[0] == 0:
         raise ValueError(f"kmeans_codebook expects a non-empty (N, d) tensor, got {tuple(z.shape)}")
@@ -437,24 +467,27 @@ def kmeans_codebook(z: Tensor, k: int, iters: int = 10, *, l2_norm: bool = False
     if l2_norm:
         z = F.normalize(z, dim=-1)
     n = z.shape[0]
-    first = torch.randint(0, n, (1,), generator=generator)
-    centres = z[first]                                                   # (1, d)
+    w = torch.ones(n) if weights is None else weights.float()
+    if w.shape != (n,) or bool((w <= 0).any()):
+        raise ValueError(f"kmeans_codebook weights must be {n} positive numbers, got shape {tuple(w.shape)}")
+    seeds = min(max(seeds, 0), k)
+    centres = z[:seeds].clone() if seeds else z[torch.randint(0, n, (1,), generator=generator)]   # (s, d)
     dist = nearest_codes(z, centres, block=block)[1].clamp_min(0)
     per_round = max(1, k // 8)
     while centres.shape[0] < k:
         m = min(per_round, k - centres.shape[0])
-        weights = dist.double() if float(dist.sum()) > 0 else torch.ones(n, dtype=torch.float64)
-        pick = torch.multinomial(weights, m, replacement=m > int((weights > 0).sum()), generator=generator)
+        chance = (dist * w).double() if float(dist.sum()) > 0 else w.double()
+        pick = torch.multinomial(chance, m, replacement=m > int((chance > 0).sum()), generator=generator)
         new = z[pick]
         centres = torch.cat([centres, new])
         dist = torch.minimum(dist, nearest_codes(z, new, block=block)[1].clamp_min(0))
     for _ in range(iters):
         codes, dist = nearest_codes(z, centres, block=block)
-        sums = torch.zeros_like(centres).index_add_(0, codes, z)
-        counts = torch.bincount(codes, minlength=k).float()
-        filled = counts > 0
-        centres[filled] = sums[filled] / counts[filled, None]
-        empty = torch.nonzero(~filled).flatten()
+        sums = torch.zeros_like(centres).index_add_(0, codes, z * w[:, None])
+        counts = torch.bincount(codes, weights=w, minlength=k).float()
+        filled, fixed = counts > 0, torch.arange(k, device=centres.device) < seeds
+        centres[filled & ~fixed] = sums[filled & ~fixed] / counts[filled & ~fixed, None]
+        empty = torch.nonzero(~filled & ~fixed).flatten()
         if empty.numel():                                                # worst-served points become centres
             centres[empty] = z[dist.clamp_min(0).topk(min(empty.numel(), n)).indices[:empty.numel()]]
         if l2_norm:

@@ -61,7 +61,11 @@ class VQTrainConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
     """VQConfig field overrides applied on top of the preset/config (e.g. {'codebook_size': 256})."""
     init: str | None = None
-    """Start from these weights (a save_pretrained folder or upstream VQ-Model.pt) instead of random init."""
+    """Start from these weights (a save_pretrained folder or upstream VQ-Model.pt) instead of random init; `overrides`
+    may change fields that keep every weight's shape (e.g. local_decoder)."""
+    freeze: tuple[str, ...] = ()
+    """Parameter-name prefixes kept fixed, e.g. ('encoder', 'quant_conv', 'quantize') to train a new decoder for an
+    existing code space (every code stays what it was, so models trained on its codes stay valid)."""
     resolution: int | None = None
     """Training image side; None = the VQConfig's resolution."""
     crop: Literal["stretch", "center"] = "stretch"
@@ -177,8 +181,9 @@ class VQTrainConfig:
                              "nothing is downloaded")
         if self.l1_weight + self.l2_weight + self.perceptual_weight == 0:
             raise ValueError("at least one reconstruction loss (l1, l2 or perceptual) must have a weight > 0")
-        if self.init and (self.overrides or self.model_config):
-            raise ValueError("train.init takes its architecture from the initial weights; drop --set/--model-config")
+        if self.init and self.model_config:
+            raise ValueError("train.init takes its architecture from the initial weights; drop --model-config")
+        self.freeze = tuple(self.freeze)
         if self.crop_size is not None and self.crop_size <= 0:
             raise ValueError(f"train.crop_size must be > 0, got {self.crop_size}")
         if self.crops_per_image < 1 or (self.crops_per_image > 1 and self.crop_size is None):
@@ -458,14 +463,24 @@ def kmeans_init_codebook(model: nn.Module, opt: torch.optim.Optimizer, dataset, 
 
 def pixel_dictionary(dataset, vq_cfg: VQConfig, images: int, iters: int, seed: int) -> Tensor:
     """k-means centroids of the raw pixel patches (one code cell each) of `images` images of `dataset` -> (K, 3*f*f).
-    A pure function of its arguments, so a resumed run (or another rank) rebuilds the same dictionary."""
+
+    Equal patches are clustered once, weighted by their count, and every patch seen more than once seeds its own
+    centre, most frequent first: in a world of exact tiles (ShapeWorld) each of the K most common tiles is a code of
+    its own instead of sharing one with a look-alike; on natural images, where patches do not repeat, it is plain
+    k-means++. A pure function of its arguments, so a resumed run (or another rank) rebuilds the same dictionary."""
     f = vq_cfg.downsample
     gen = torch.Generator().manual_seed(seed * 1_000_003 + 11)
     idx = torch.randperm(len(dataset), generator=gen)[:images].tolist()
     patches = torch.cat([F.pixel_unshuffle(torch.stack([dataset[j] for j in idx[i:i + 256]]), f)
                          .permute(0, 2, 3, 1).reshape(-1, vq_cfg.in_channels * f * f)
                          for i in range(0, len(idx), 256)])                # (n*h*w, 3*f*f)
-    return kmeans_codebook(patches, vq_cfg.codebook_size, iters, generator=gen, block=vq_cfg.search_block)
+    unique, counts = torch.unique(patches, dim=0, return_counts=True)     # (U, 3*f*f), (U,)
+    order = counts.argsort(descending=True, stable=True)
+    unique, counts = unique[order], counts[order]
+    if unique.shape[0] < vq_cfg.codebook_size:                            # fewer distinct patches than codes
+        unique, counts = patches, torch.ones(patches.shape[0], dtype=torch.long)
+    return kmeans_codebook(unique, vq_cfg.codebook_size, iters, generator=gen, block=vq_cfg.search_block,
+                           weights=counts, seeds=int((counts > 1).sum()))
 
 
 def principal_coordinates(points: Tensor, dim: int) -> Tensor:
@@ -537,7 +552,8 @@ def lr_at(step: int, cfg: VQTrainConfig) -> float:
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        (decay if p.ndim == 4 and weight_decay > 0 else no_decay).append(p)
+        if p.requires_grad:
+            (decay if p.ndim == 4 and weight_decay > 0 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -593,7 +609,21 @@ def train(cfg: VQTrainConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     vq_cfg = cfg.vq_config()
     model = load_vq(cfg.init).train() if cfg.init else VQModel(vq_cfg)
+    if cfg.init and cfg.overrides:                   # same weights, other behaviour (e.g. local_decoder)
+        changed = VQModel(VQConfig.from_dict({**model.config.to_dict(), **cfg.overrides}))
+        changed.load_state_dict(model.state_dict(), strict=True)        # a shape change raises, naming the keys
+        model = changed.train()
     vq_cfg = model.config
+    frozen = [name for name, p in model.named_parameters() if name.startswith(cfg.freeze) and cfg.freeze]
+    if cfg.freeze and not frozen:
+        raise ValueError(f"train.freeze {list(cfg.freeze)} matches no parameter; names start with "
+                         f"{sorted({n.split('.')[0] for n, _ in model.named_parameters()})}")
+    for name, p in model.named_parameters():
+        p.requires_grad_(name not in frozen)
+    if any(name.startswith("quantize") for name in frozen) and (cfg.restart_every or cfg.dict_warmup
+                                                                 or cfg.ae_warmup):
+        raise ValueError("a frozen codebook (--freeze quantize) cannot be re-seeded: set --restart-every 0 and no "
+                         "--dict-warmup/--ae-warmup")
     resolution = cfg.resolution or vq_cfg.resolution
     if resolution % vq_cfg.downsample:
         raise ValueError(f"--resolution {resolution} is not divisible by the tokenizer's downsample "
@@ -651,6 +681,9 @@ def train(cfg: VQTrainConfig) -> dict[str, Any]:
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
         print(f"VQ {n_params:,} params | codebook {vq_cfg.codebook_size} x {vq_cfg.code_dim} | {resolution}px -> "
               f"{resolution // vq_cfg.downsample}^2 codes | {parallel} x{env.world} on {env.device} | out {out}")
+        if frozen:
+            print(f"frozen: {sum(p.numel() for p in model.parameters() if not p.requires_grad):,} params "
+                  f"({', '.join(cfg.freeze)})")
 
     # -------------------------------------------------------------------------
     # Data
@@ -840,6 +873,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--set", action="append", default=[], metavar="FIELD=VALUE", help="VQConfig override, repeatable")
     a("--codebook-size", type=int, default=None, help="shortcut for --set codebook_size=N")
     a("--init", default=None, help="initial weights: a VQ folder or an upstream VQ-Model.pt")
+    a("--freeze", type=lambda v: tuple(x for x in v.split(",") if x), default=(), metavar="PREFIX[,PREFIX]",
+      help="keep these parameters fixed, e.g. --freeze encoder,quant_conv,quantize (train a new decoder)")
     a("--resolution", type=int, default=None)
     a("--crop", default=d.crop, choices=["stretch", "center"])
     a("--crop-size", type=int, default=None, help="train on random grid-aligned crops of this side")

@@ -142,6 +142,51 @@ def test_patch_stem_folds_pixels_into_channels():
         VQConfig(**{**TINY, "patch_size": 3, "resolution": 16})
 
 
+def test_local_encoder_codes_each_cell_from_its_own_pixels_only():
+    cfg = VQConfig(**{**TINY, "patch_size": 4, "resolution": 32, "local_encoder": True})
+    model = VQModel(cfg).eval()
+    x = images(2, 32)                                                  # 4 x 4 cells of 8 px
+    z = model.encode_latents(x)
+    assert z.shape == (2, cfg.code_dim, 4, 4)
+    y = x.clone()
+    y[:, :, 8:16, 16:24] = -x[:, :, 8:16, 16:24]                       # change one cell, cell (1, 2)
+    changed = (model.encode_latents(y) - z).abs().amax(dim=(0, 1)) > 1e-6
+    assert changed[1, 2] and int(changed.sum()) == 1, "only the changed cell's latent moves"
+    # the same cell pasted anywhere, in any image, gets the same code
+    tile = x[0, :, 0:8, 0:8]
+    canvas = images(1, 32)
+    canvas[0, :, 24:32, 8:16] = tile
+    assert model.encode(canvas)[0, 3, 1] == model.encode(x)[0, 0, 0]
+    contextual = VQModel(VQConfig(**{**TINY, "patch_size": 4, "resolution": 32})).eval()
+    moved = (contextual.encode_latents(y) - contextual.encode_latents(x)).abs().amax(dim=(0, 1)) > 1e-6
+    assert int(moved.sum()) > 1, "the default (upstream) encoder sees its neighbours"
+
+
+def test_local_decoder_draws_each_cell_from_its_own_code_only():
+    cfg = VQConfig(**{**TINY, "patch_size": 4, "resolution": 32, "local_decoder": True})
+    model = VQModel(cfg).eval()
+    codes = torch.randint(0, cfg.codebook_size, (1, 4, 4))
+    other = codes.clone()
+    other[0, 2, 1] = (codes[0, 2, 1] + 1) % cfg.codebook_size
+    with torch.no_grad():
+        moved = (model.decode(other) - model.decode(codes)).abs().amax(dim=(0, 1)) > 1e-6   # (32, 32)
+    cells = moved.reshape(4, 8, 4, 8).any(dim=(1, 3))
+    assert cells[2, 1] and int(cells.sum()) == 1, "only the changed code's cell is redrawn"
+    with torch.no_grad():                                              # a code draws the same tile anywhere
+        tiles = model.decode(torch.full((1, 4, 4), 3)).reshape(3, 4, 8, 4, 8)
+    assert torch.allclose(tiles[:, 0, :, 0], tiles[:, 3, :, 2], atol=1e-6)
+
+
+def test_kmeans_weights_count_points_and_seeds_are_kept():
+    points = torch.tensor([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0], [11.0, 0.0]])
+    one = kmeans_codebook(points, 1, 5, weights=torch.tensor([3.0, 1.0, 1.0, 1.0]))
+    assert torch.allclose(one, torch.tensor([[(0 + 1 + 10 + 11 + 0 + 0) / 6, 0.0]]))    # weighted mean
+    seeded = kmeans_codebook(points, 3, 5, seeds=2)                     # seeds stay; the third centre moves
+    assert torch.equal(seeded[:2], points[:2]) and torch.allclose(seeded[2], torch.tensor([10.5, 0.0]))
+    with pytest.raises(ValueError, match="positive"):
+        kmeans_codebook(points, 2, weights=torch.tensor([1.0, 0.0, 1.0, 1.0]))
+
+
 def test_entropy_loss_chunked_matches_direct_formula():
     g = torch.Generator().manual_seed(0)
     z = torch.randn(50, 8, generator=g, requires_grad=True)

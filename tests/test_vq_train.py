@@ -125,6 +125,46 @@ def test_autoencoder_warmup_then_kmeans_codebook_and_exact_resume(image_dir, tin
     assert all(torch.equal(a[k], b[k]) for k in a), "the k-means step is part of the resumable schedule"
 
 
+def test_freeze_trains_a_new_decoder_for_an_existing_code_space(image_dir, tiny_config, tmp_path):
+    first = tmp_path / "first"
+    train(run_cfg(first, image_dir, tiny_config, steps=2, restart_every=0))
+    second = tmp_path / "second"
+    train(run_cfg(second, image_dir, None, steps=3, restart_every=0, init=str(first / "model"),
+                  freeze=("encoder", "quant_conv", "quantize"), overrides={"local_decoder": True}))
+    a, b = weights(first), weights(second)
+    kept = [k for k in a if k.startswith(("encoder", "quant_conv", "quantize"))]
+    assert kept and all(torch.equal(a[k], b[k]) for k in kept), "the code space is untouched"
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder")), "the decoder trained"
+    assert json.loads((second / "model" / "config.json").read_text())["local_decoder"] is True
+    with pytest.raises(ValueError, match="cannot be re-seeded"):
+        train(run_cfg(tmp_path / "bad", image_dir, None, steps=1, restart_every=2, init=str(first / "model"),
+                      freeze=("quantize",)))
+    with pytest.raises(ValueError, match="matches no parameter"):
+        train(run_cfg(tmp_path / "bad2", image_dir, None, steps=1, init=str(first / "model"), freeze=("decodr",)))
+
+
+def test_pixel_dictionary_gives_every_repeated_tile_its_own_code():
+    """Exact tiles (ShapeWorld) must not share codes with look-alikes: tiles seen more than once seed the k-means,
+    so with more codes than repeated tiles each of them is its own code, however rare next to the background."""
+    from star.vq_train import patch_codes, pixel_dictionary
+
+    gen = torch.Generator().manual_seed(0)
+    background = torch.zeros(3, 8, 8)
+    tiles = [background + 0.05 * torch.randn(3, 8, 8, generator=gen) + 0.02 * i for i in range(6)]  # look-alikes
+    noise = [torch.randn(3, 8, 8, generator=gen) for _ in range(40)]                              # seen once
+    images = []
+    for i in range(40):
+        cells = [background, background, tiles[i % 6], noise[i]]
+        images.append(torch.cat([torch.cat(cells[:2], 2), torch.cat(cells[2:], 2)], 1))           # (3, 16, 16)
+    vq_cfg = VQConfig(ch=16, ch_mult=(1,), patch_size=8, num_res_blocks=1, norm_groups=8, attn_heads=2,
+                      z_channels=16, codebook_size=12, code_dim=4, resolution=16)
+    dictionary = pixel_dictionary(images, vq_cfg, images=40, iters=10, seed=0)
+    codes = patch_codes(torch.stack([torch.cat([torch.cat([background, t], 2)] * 2, 1) for t in tiles]),
+                        dictionary, 8, 1 << 24)                                                   # (6, 2, 2)
+    assert len(set(codes[:, 0, 1].tolist())) == 6, "six look-alike tiles, six codes"
+    assert not set(codes[:, 0, 1].tolist()) & set(codes[:, 0, 0].tolist()), "none shares the background's code"
+
+
 def test_dictionary_warmup_teaches_the_pixel_kmeans_codes_then_resumes_exactly(tmp_path):
     from star.image_data import ShapeWorldDataset
     from star.vq_train import patch_codes, pixel_dictionary, principal_coordinates
@@ -134,7 +174,7 @@ def test_dictionary_warmup_teaches_the_pixel_kmeans_codes_then_resumes_exactly(t
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(VQConfig(**cfg).to_dict()))
     data = "shapeworld:64:0"
-    run = dict(steps=30, batch_size=8, lr=3e-3, dict_warmup=30, kmeans_images=32, kmeans_iters=5, restart_every=0,
+    run = dict(steps=30, batch_size=8, lr=1e-2, dict_warmup=30, kmeans_images=32, kmeans_iters=5, restart_every=0,
                log_every=10, sample_every=30, save_every=10)
     out = tmp_path / "dict"
     train(run_cfg(out, data, str(path), **run))

@@ -147,8 +147,8 @@ def shapes(out: str = "runs/shapes") -> Recipe:
     Budget at the rates measured on one core of the 2-core machine (docs/training.md): data ~4 min, pre-tokenising
     ~11 min, understanding ~23 min, generation ~72 min, editing ~20 min, about 130 min in all. Generation gets most
     of the time because ShapeGenEval is the hardest target; EMA + greedy decoding with CFG 3 is the shipped sampling
-    (research/feasibility2.md). The vq stage runs only when the shipped tokenizer is missing (then add ~25 min: 3,000
-    steps of the shipped tokenizer's schedule).
+    (research/feasibility2.md). The vq stage runs only when the shipped tokenizer is missing (then add ~20 min: 2,500
+    steps with every cell's code fixed by the exact-tile dictionary, as the shipped tokenizer was trained).
     """
     o = Path(out)
     sampling = {"guidance_scale": 3.0, "top_k": 1, "top_p": 1.0, "temperature": 1.0}
@@ -171,10 +171,10 @@ def shapes(out: str = "runs/shapes") -> Recipe:
                                    max_turns=8, tasks={"vqa": 0.75, "caption": 0.1, "text_qa": 0.05, "wise": 0.07,
                                                        "caption_lm": 0.03})), ("understanding",)),
             RecipeStage("vq", _config(
-                "vq", o, steps=3_000, batch_size=16, checkpoint_every=250,
-                optim=dict(lr=3e-3, min_lr=3e-4, warmup_steps=50, weight_decay=0.0),
-                stage_options=dict(data=str(o / "data" / "vq"), preset="shapes", dict_warmup=600,
-                                   kmeans_images=1024)), ("vq",)),
+                "vq", o, steps=2_500, batch_size=16, checkpoint_every=250,
+                optim=dict(lr=2e-3, min_lr=2e-4, warmup_steps=100, weight_decay=0.0),
+                stage_options=dict(data=str(o / "data" / "vq"), preset="shapes", dict_warmup=2_500,
+                                   kmeans_images=2_000)), ("vq",)),
             RecipeStage("generation", _config(
                 "generation", o, steps=2_400, batch_size=32, checkpoint_every=200, snapshot_every=200, ema_decay=0.999,
                 optim=dict(lr=5e-4, min_lr=5e-5, warmup_steps=100, weight_decay=0.05),
