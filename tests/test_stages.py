@@ -293,6 +293,11 @@ def test_tokenize_writes_codes_equal_to_encode_and_refuses_another_vq(tmp_path, 
         expected = STARPipeline._encode_vq(fake, [load_rgb(str(data / rel))])          # (1, 16): the pipeline's
         assert torch.equal(table.codes[row].flatten().long(), expected[0]), rel
     assert tokenize_dataset(data, star_vq_dir, progress=False)["status"] == "up to date"
+    index = json.loads((data / "codes.json").read_text())       # written before VQConfig gained a defaulted field
+    del index["vq"]["config"]["local_decoder"]
+    index["vq"]["config_sha256"] = "0" * 64
+    (data / "codes.json").write_text(json.dumps(index))
+    assert tokenize_dataset(data, star_vq_dir, progress=False)["status"] == "up to date"
 
     torch.manual_seed(1)
     other = tmp_path / "other_vq"

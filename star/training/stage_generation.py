@@ -64,6 +64,8 @@ class GenerationOptions:
     """STAR folder to continue from (its stacks, adapter, head); None = a new stack copied from the base."""
     stack_layers: int = 4
     """Layers of a new stacked AR module, copied from the base's top layers (upstream: 16 on 3B, 14 on 7B)."""
+    stack_init: str = "copy"
+    """How a new stack starts: "copy" (the base's top layers and final norm, upstream) or "random"."""
     adapter_depth: int = 2
     """Linear layers of a new pixel adapter (upstream: 2 on 3B, 4 on 7B)."""
     new_stack: bool = False
@@ -92,6 +94,8 @@ class GenerationOptions:
         for name in ("stack_layers", "adapter_depth", "max_prompt_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"stage_options.{name} must be >= 1, got {getattr(self, name)}")
+        if self.stack_init not in ("copy", "random"):
+            raise ValueError(f"stage_options.stack_init must be 'copy' or 'random', got {self.stack_init!r}")
         if self.new_stack and not self.init:
             raise ValueError("stage_options.new_stack=true stacks a module on an existing model: set "
                              "stage_options.init to a STAR folder (e.g. the generation stage's export)")
@@ -379,7 +383,7 @@ class GenerationStage:
             d = base.hidden_size
             star_config = STARConfig(
                 **paths, **settings, family=base.family.model_type, hidden_size=d,
-                stacks=[StackedARConfig(num_layers=opts.stack_layers)],
+                stacks=[StackedARConfig(num_layers=opts.stack_layers, init=opts.stack_init)],
                 adapter=AdapterConfig(code_dim=vq.config.code_dim, hidden_size=d, depth=opts.adapter_depth),
                 head=HeadConfig(hidden_size=d, codebook_size=vq.config.codebook_size),
                 sampling=SamplingConfig(**opts.sampling) if opts.sampling else SamplingConfig())
@@ -387,7 +391,7 @@ class GenerationStage:
         if opts.init:
             load_trainable(model, load_file(str(Path(opts.init) / "model.safetensors")), str(opts.init))
         if opts.new_stack:
-            model.add_stack(StackedARConfig(num_layers=opts.stack_layers))
+            model.add_stack(StackedARConfig(num_layers=opts.stack_layers, init=opts.stack_init))
         n = len(model.stacks)
         self.declare(n, opts.train_adapter)
         for name in self.trainable:                 # trainable weights are fp32 master weights (autocast does bf16)

@@ -82,7 +82,16 @@ def vq_fingerprint(spec: str | os.PathLike | None) -> dict:
 
 
 def same_vq(a: dict, b: dict) -> bool:
-    return a["config_sha256"] == b["config_sha256"] and a["weights_sha256"] == b["weights_sha256"]
+    """Same weights and the same config, read with today's defaults (a field added to VQConfig since the codes were
+    written, at its default value, does not make them stale)."""
+    from star.vq import VQConfig
+
+    if a["weights_sha256"] != b["weights_sha256"]:
+        return False
+    try:
+        return VQConfig.from_dict(a["config"]).to_dict() == VQConfig.from_dict(b["config"]).to_dict()
+    except (KeyError, TypeError, ValueError):
+        return a["config_sha256"] == b["config_sha256"]
 
 
 # -----------------------------------------------------------------------------
