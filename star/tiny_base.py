@@ -116,6 +116,7 @@ def build_tiny_base(
     max_position_embeddings: int = 4096,
     rope_theta: float = 1_000_000.0,
     initializer_range: float = 0.02,
+    embedding_std: float | None = None,
     seed: int = 0,
 ) -> Path:
     """Write a tiny, randomly initialised Qwen2.5-VL folder to `out_dir` and return its path.
@@ -125,7 +126,9 @@ def build_tiny_base(
     (image_size / (patch_size * merge_size))**2 ViT tokens in the language model. `initializer_range` is the std of
     the random weights (tests use a larger one so that a random model's answers depend on its input). `rope_theta` is
     the language model's RoPE base: M-RoPE gives the image width axis the lowest frequencies, which at Qwen's 1e6 turn
-    by under 0.01 rad across an 8-cell row, so a small image grid wants a much smaller base.
+    by under 0.01 rad across an 8-cell row, so a small image grid wants a much smaller base. `embedding_std` (None =
+    `initializer_range`) is the std of the token embeddings: at 0.02 a word enters the residual stream with norm ~0.3,
+    and a briefly trained tiny model soon adds a shared vector ~100x larger, so later layers barely tell words apart.
     """
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -172,6 +175,9 @@ def build_tiny_base(
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    if embedding_std is not None:
+        with torch.no_grad():
+            model.get_input_embeddings().weight.normal_(0.0, embedding_std)
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.do_sample = False

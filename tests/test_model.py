@@ -250,6 +250,23 @@ def test_tiny_base_is_an_ordinary_qwen_folder(tiny_base_dir):
     assert tok.decode(tok.encode(text, add_special_tokens=False)) == text, "byte-level BPE round-trips any text"
 
 
+def test_tiny_base_embedding_std_sets_only_the_token_embeddings(tmp_path):
+    from safetensors.torch import load_file
+
+    from star.tiny_base import build_tiny_base
+
+    sizes = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
+                 vision_hidden_size=32, vision_intermediate_size=64, vision_depth=1, vision_heads=2, patch_size=8,
+                 merge_size=2, image_size=32, seed=0)
+    plain = load_file(str(build_tiny_base(tmp_path / "a", ["a red star", "two blue squares"], **sizes)
+                          / "model.safetensors"))
+    wide = load_file(str(build_tiny_base(tmp_path / "b", ["a red star", "two blue squares"], embedding_std=0.5,
+                                         **sizes) / "model.safetensors"))
+    key = next(k for k in wide if k.endswith("embed_tokens.weight"))
+    assert abs(plain[key].float().std().item() - 0.02) < 0.005 and abs(wide[key].float().std().item() - 0.5) < 0.05
+    assert all(torch.equal(plain[k], wide[k]) for k in plain if k != key), "nothing else changes"
+
+
 def test_sampling_filters_and_temperature():
     from star.sampling import apply_cfg, filter_top_k, filter_top_p, sample
 
