@@ -166,8 +166,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                     z_channels=512, codebook_size=65536, code_dim=512, codebook_l2_norm=False, resolution=384),
     # ShapeWorld: 128^2 -> 8x8 = 64 codes, one per 16-px grid cell: a 16x16 space-to-depth stem, then every layer at
     # 8x8 (the full-resolution convolutions cost most and learn slowest on 2 CPU cores; see docs/vq.md).
-    # Every cell is encoded and decoded on its own (local_encoder, local_decoder): one tile is always one code.
-    "shapes": dict(patch_size=16, local_encoder=True, local_decoder=True, ch=128, ch_mult=(1,), num_res_blocks=2,
+    # Every cell is encoded on its own (local_encoder): one tile is always one code. The decoder keeps its context
+    # (a cell-local decoder drew tiles at ~34 dB against 48.5 dB; docs/vq.md).
+    "shapes": dict(patch_size=16, local_encoder=True, local_decoder=False, ch=128, ch_mult=(1,), num_res_blocks=2,
                    decoder_res_blocks=2, attn_heads=4, z_channels=64, norm_groups=32, codebook_size=1024,
                    code_dim=16, codebook_l2_norm=False, resolution=128),
 }
