@@ -8,6 +8,9 @@
    teacher-forced forward on the same codes.
 3. Prompt features: a linear probe of the frozen base's hidden state at `<|vision_start|>` (the position that predicts
    the first code) for the prompt's first colour word and first class word.
+4. First object tile: on `colors` records (one named object), the probability of the true code at the first cell
+   that is not background, given that it is not background (own prompt, another record's, the null prompt): how
+   much the prompt decides class and colour where the object starts.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ def main() -> int:
     p.add_argument("--model", required=True, help="STAR model folder")
     p.add_argument("--data", required=True, help="a star-records dataset with t2i records")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--probe-prompts", type=int, default=3000)
+    p.add_argument("--probe-prompts", type=int, default=3000, help="records read (probes 3 and 4 use them)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -67,6 +70,24 @@ def main() -> int:
             steps.append(logits)
         gap = (forced - torch.stack(steps, 1)).abs().max().item()
         print(f"incremental decoding vs teacher forcing: max |logit difference| {gap:.2e}")
+
+        singles = [r for r in records if r.get("meta", {}).get("tag") == "colors"][: args.batch]
+        if singles:
+            srows = [t2i_row(tokenizer, model.special, r["text"]) for r in singles]
+            scodes = model.vq.encode(torch.stack([vq_pixels(load_rgb(r["image"]), side) for r in singles])).flatten(1)
+            background = torch.mode(scodes.flatten()).values
+            first = (scodes != background).int().argmax(1)                              # (S,) first object cell
+            rows_idx = torch.arange(len(singles))
+
+            def first_tile(rs, drop):
+                cond = Condition.from_rows(rs, model.special.end_of_text, device=cpu)
+                probs = model(cond, scodes, drop_prompt=drop).logits.float().softmax(-1)[rows_idx, first]   # (S, K)
+                return (probs[rows_idx, scodes[rows_idx, first]] / (1 - probs[:, background])).mean().item()
+
+            skeep = torch.zeros(len(singles), dtype=torch.bool)
+            print(f"first object tile, P(true code | not background) on {len(singles)} colors records: own prompt "
+                  f"{first_tile(srows, skeep):.3f}, another record's {first_tile(srows[1:] + srows[:1], skeep):.3f}, "
+                  f"null {first_tile(srows, ~skeep):.3f}")
 
         colours, feats, first_colour, first_class = list(vocab.COLORS), [], [], []
         for r in records:
