@@ -614,14 +614,14 @@ def train(cfg: VQTrainConfig) -> dict[str, Any]:
         changed.load_state_dict(model.state_dict(), strict=True)        # a shape change raises, naming the keys
         model = changed.train()
     vq_cfg = model.config
-    frozen = [name for name, p in model.named_parameters() if name.startswith(cfg.freeze) and cfg.freeze]
+    frozen = 0
+    for name, p in model.named_parameters():
+        p.requires_grad_(not (cfg.freeze and name.startswith(cfg.freeze)))
+        frozen += 0 if p.requires_grad else p.numel()
     if cfg.freeze and not frozen:
         raise ValueError(f"train.freeze {list(cfg.freeze)} matches no parameter; names start with "
                          f"{sorted({n.split('.')[0] for n, _ in model.named_parameters()})}")
-    for name, p in model.named_parameters():
-        p.requires_grad_(name not in frozen)
-    if any(name.startswith("quantize") for name in frozen) and (cfg.restart_every or cfg.dict_warmup
-                                                                 or cfg.ae_warmup):
+    if not model.quantize.embedding.weight.requires_grad and (cfg.restart_every or cfg.dict_warmup or cfg.ae_warmup):
         raise ValueError("a frozen codebook (--freeze quantize) cannot be re-seeded: set --restart-every 0 and no "
                          "--dict-warmup/--ae-warmup")
     resolution = cfg.resolution or vq_cfg.resolution
@@ -682,8 +682,7 @@ def train(cfg: VQTrainConfig) -> dict[str, Any]:
         print(f"VQ {n_params:,} params | codebook {vq_cfg.codebook_size} x {vq_cfg.code_dim} | {resolution}px -> "
               f"{resolution // vq_cfg.downsample}^2 codes | {parallel} x{env.world} on {env.device} | out {out}")
         if frozen:
-            print(f"frozen: {sum(p.numel() for p in model.parameters() if not p.requires_grad):,} params "
-                  f"({', '.join(cfg.freeze)})")
+            print(f"frozen: {frozen:,} params ({', '.join(cfg.freeze)})")
 
     # -------------------------------------------------------------------------
     # Data
