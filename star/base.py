@@ -175,15 +175,20 @@ class FrozenBase(nn.Module):
         return positions[None].expand(3, -1, -1)
 
     # --- forward -----------------------------------------------------------------
-    def forward(self, embeds: Tensor, attention_mask: Tensor, position_ids: Tensor, cache=None) -> Tensor:
-        """(B, T, D) input embeddings -> (B, T, D) hidden states after all layers and the final norm.
+    def forward(self, embeds: Tensor, attention_mask: Tensor, position_ids: Tensor, cache=None,
+                layer: int | None = None) -> Tensor:
+        """(B, T, D) input embeddings -> (B, T, D) hidden states after all layers and the final norm, or (`layer` =
+        k) the output of layer k, before any norm.
 
         `attention_mask` (B, past + T) marks real tokens (left padding = 0); `position_ids` (3, B, T); `cache` a
         transformers Cache holding this base's keys/values (updated in place) or None.
         """
+        if layer is not None and not 1 <= layer < self.num_layers:
+            raise ValueError(f"base layer {layer} does not exist below the top: the base has {self.num_layers} "
+                             f"layers (use 1..{self.num_layers - 1}, or None for the output after the final norm)")
         out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                                  cache=cache, use_cache=cache is not None)
-        return out.last_hidden_state
+                                  cache=cache, use_cache=cache is not None, output_hidden_states=layer is not None)
+        return out.last_hidden_state if layer is None else out.hidden_states[layer]
 
     @torch.no_grad()
     def generate(self, **inputs) -> Tensor:

@@ -120,6 +120,9 @@ class STARConfig:
     """HF model_type of the base (a key of star.base.FAMILIES)."""
     hidden_size: int = 2048
     """The base's hidden size (checked against the loaded base)."""
+    base_layer: int | None = None
+    """Base hidden state the first stack reads: None = the last layer's, after the base's final norm (upstream);
+    k = the output of base layer k (1 <= k < layers), before any norm: the stack branches off the base there."""
     stacks: list[StackedARConfig] = field(default_factory=lambda: [StackedARConfig()])
     """Stacked AR modules, bottom to top; more than one = progressive stacking (earlier ones frozen)."""
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
@@ -152,6 +155,9 @@ class STARConfig:
             raise ValueError("stacks must hold at least one StackedARConfig")
         if self.hidden_size <= 0:
             raise ValueError(f"hidden_size must be > 0, got {self.hidden_size}")
+        if self.base_layer is not None and self.base_layer < 1:
+            raise ValueError(f"base_layer must be >= 1 (a base layer's output) or None (after the final norm), "
+                             f"got {self.base_layer}")
         for name in ("adapter", "head"):
             if getattr(self, name).hidden_size != self.hidden_size:
                 raise ValueError(f"{name}.hidden_size={getattr(self, name).hidden_size} differs from "

@@ -138,8 +138,8 @@ class ShapeWorldDataset(Dataset):
     def scene(self, i: int):
         """Scene i. A fraction 1 - `varied` are default scenes (1-4 medium objects on gray: what prompts produce);
         of the varied ones, half are medium objects on a random background and half mix every size band, any
-        background and some hollow objects (what edits produce). Held-out colour/shape pairs appear unless combos is
-        "train"."""
+        background, every orientation and some hollow objects (what edits produce). Held-out colour/shape pairs
+        appear unless combos is "train"."""
         from dataclasses import replace
 
         from star.shapes import vocab
@@ -160,7 +160,8 @@ class ShapeWorldDataset(Dataset):
                                      sizes=tuple(vocab.SIZE_BANDS), split=self.split)
             except ValueError:  # too many large blocks to fit: one object fewer
                 continue
-            objects = [replace(o, hollow=bool(rng.random() < 0.3)) for o in scene.objects]
+            objects = [replace(o, hollow=bool(rng.random() < 0.3),
+                               orientation=str(rng.choice(vocab.ORIENTATIONS[o.shape]))) for o in scene.objects]
             return Scene(objects=objects, background=scene.background)
         return random_scene(rng, aligned=self.aligned, split=self.split)
 

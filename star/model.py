@@ -7,7 +7,8 @@ Data flow:
         ◀─ base.embed_images (ViT);  positions ◀─ base.position_ids (1-D for T2I, Qwen's 3-D rope index for editing)
         image codes to feed (teacher forcing, or one per decode step) are appended: adapter(vq.embed(codes)),
         1-D positions continuing after the prompt
-    Sequence ─▶ base (all layers + final norm) ─▶ stacked AR module(s) ─▶ head ─▶ code logits (B, ·, K)
+    Sequence ─▶ base (all layers + final norm; or up to config.base_layer) ─▶ stacked AR module(s) ─▶ head ─▶ code
+    logits (B, ·, K)
 
 `forward` is the training pass (cross-entropy on image-code positions only, with prompt dropout to the CFG null row);
 `prefill` / `step` are the inference passes with a KV cache per module (base and each stack). Both go through
@@ -128,6 +129,9 @@ class STAR(nn.Module):
             raise ValueError(f"the VQ's code vectors have {vq.config.code_dim} dims but the pixel adapter takes "
                              f"{config.adapter.code_dim}; load the VQ this model was trained with "
                              f"(or set adapter.code_dim = {vq.config.code_dim} for a new model)")
+        if config.base_layer is not None and config.base_layer >= base.num_layers:
+            raise ValueError(f"config.base_layer={config.base_layer} but the base has {base.num_layers} layers; the "
+                             f"stack reads a layer below the top (1..{base.num_layers - 1}) or None (the top)")
         self.config = config
         self.base = base
         self.vq = vq.requires_grad_(False).eval()
@@ -212,7 +216,8 @@ class STAR(nn.Module):
         caches = state.caches if state is not None else [None] * (1 + len(self.stacks))
         adapter_trains = torch.is_grad_enabled() and any(p.requires_grad for p in self.adapter.parameters())
         with torch.set_grad_enabled(adapter_trains):
-            h = self.base(seq.embeds, seq.attention_mask, seq.position_ids, caches[0])   # (B, T, D) post-norm
+            h = self.base(seq.embeds, seq.attention_mask, seq.position_ids, caches[0],   # (B, T, D) post-norm,
+                          layer=self.config.base_layer)                                   # or layer k's output
         for stack, cache in zip(self.stacks, caches[1:]):
             h = stack(h, seq.attention_mask, seq.position_ids, cache)                  # (B, T, D)
         return h

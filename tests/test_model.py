@@ -7,6 +7,7 @@ atol 1e-5 (observed differences are ~1e-6); "unchanged" and "copied" parameters 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -76,6 +77,21 @@ def test_stack_init_options_and_progressive_stacking(make_star):
     assert torch.equal(rand.stacks[0].decoder.norm.weight, torch.ones(64)), "random init: unit norms"
     std = rand.base.text_config.initializer_range
     assert abs(q.std().item() - std) < 0.25 * std, "random init: normal(0, initializer_range)"
+
+    # Branching: a stack reading base layer 2's output, copied from the layers above it, starts as the base itself.
+    branch = make_star(base_layer=2, stacks=[dict(num_layers=2, source_layers=[2, 4])])
+    cond = Condition.from_rows([t2i_row(branch.base.tokenizer, branch.special, "a red cube")],
+                               branch.special.end_of_text)
+    seq = branch.embed(cond)
+    with torch.no_grad():
+        top_of_base = branch.base(seq.embeds, seq.attention_mask, seq.position_ids)
+        torch.testing.assert_close(branch.hidden_states(seq), top_of_base, atol=ATOL, rtol=0)
+        assert not torch.allclose(make_star().hidden_states(seq), top_of_base, atol=1e-3), "upstream re-applies"
+    codes = torch.randint(0, 64, (1, 8), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(step_logits(branch, cond, codes)[0], full_logits(branch, cond, codes), atol=ATOL,
+                               rtol=0)
+    with pytest.raises(ValueError, match="base_layer=4 but the base has 4 layers"):
+        make_star(base_layer=4)
 
     model = make_star()
     top = model.add_stack(StackedARConfig(num_layers=1))

@@ -66,6 +66,10 @@ class GenerationOptions:
     """Layers of a new stacked AR module, copied from the base's top layers (upstream: 16 on 3B, 14 on 7B)."""
     stack_init: str = "copy"
     """How a new stack starts: "copy" (the base's top layers and final norm, upstream) or "random"."""
+    base_layer: int | None = None
+    """Base layer whose output a new stack reads (STARConfig.base_layer); None = the top, after the final norm
+    (upstream). With k, "copy" takes the base's layers k+1..k+stack_layers: the stack starts as the base's own
+    continuation from layer k."""
     adapter_depth: int = 2
     """Linear layers of a new pixel adapter (upstream: 2 on 3B, 4 on 7B)."""
     new_stack: bool = False
@@ -383,7 +387,9 @@ class GenerationStage:
             d = base.hidden_size
             star_config = STARConfig(
                 **paths, **settings, family=base.family.model_type, hidden_size=d,
-                stacks=[StackedARConfig(num_layers=opts.stack_layers, init=opts.stack_init)],
+                base_layer=opts.base_layer,
+                stacks=[StackedARConfig(num_layers=opts.stack_layers, init=opts.stack_init, source_layers=(
+                    None if opts.base_layer is None else (opts.base_layer, opts.base_layer + opts.stack_layers)))],
                 adapter=AdapterConfig(code_dim=vq.config.code_dim, hidden_size=d, depth=opts.adapter_depth),
                 head=HeadConfig(hidden_size=d, codebook_size=vq.config.codebook_size),
                 sampling=SamplingConfig(**opts.sampling) if opts.sampling else SamplingConfig())
