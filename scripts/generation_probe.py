@@ -6,11 +6,12 @@
    record's prompt (rotated across the batch).
 2. Decoding consistency: logits of incremental decoding (prefill + step, the inference path) against the
    teacher-forced forward on the same codes.
-3. Prompt features: a linear probe of the frozen base's hidden state at `<|vision_start|>` (the position that predicts
-   the first code) for the prompt's first colour word and first class word.
-4. First object tile: on `colors` records (one named object), the probability of the true code at the first cell
+3. First object tile: on `colors` records (one named object), the probability of the true code at the first cell
    that is not background, given that it is not background (own prompt, another record's, the null prompt): how
    much the prompt decides class and colour where the object starts.
+4. Where the prompt is lost: at the position that predicts that first object tile, a linear probe (held-out
+   accuracy) of the object's colour and class from the stack's input (the base's output) and after every stack
+   layer. High at the input and low at the top means the stack discards what the base delivered.
 """
 
 from __future__ import annotations
@@ -71,52 +72,60 @@ def main() -> int:
         gap = (forced - torch.stack(steps, 1)).abs().max().item()
         print(f"incremental decoding vs teacher forcing: max |logit difference| {gap:.2e}")
 
-        singles = [r for r in records if r.get("meta", {}).get("tag") == "colors"][: args.batch]
-        if singles:
-            srows = [t2i_row(tokenizer, model.special, r["text"]) for r in singles]
-            scodes = model.vq.encode(torch.stack([vq_pixels(load_rgb(r["image"]), side) for r in singles])).flatten(1)
-            background = torch.mode(scodes.flatten()).values
+        singles = [r for r in records if r.get("meta", {}).get("tag") == "colors"]
+        if len(singles) < 50:
+            print(f"probes 3-4 need >= 50 colors records among the first {args.probe_prompts}; found {len(singles)}")
+            return 0
+        background = torch.mode(codes.flatten()).values
+        states, tile_probs, colour, shape = [], {"own": [], "other": [], "null": []}, [], []
+        for i in range(0, len(singles), args.batch):
+            chunk = singles[i:i + args.batch]
+            srows = [t2i_row(tokenizer, model.special, r["text"]) for r in chunk]
+            scodes = model.vq.encode(torch.stack([vq_pixels(load_rgb(r["image"]), side) for r in chunk])).flatten(1)
             first = (scodes != background).int().argmax(1)                              # (S,) first object cell
-            rows_idx = torch.arange(len(singles))
-
-            def first_tile(rs, drop):
+            rows_idx = torch.arange(len(chunk))
+            for name, rs, drop in (("own", srows, False), ("other", srows[1:] + srows[:1], False),
+                                   ("null", srows, True)):
                 cond = Condition.from_rows(rs, model.special.end_of_text, device=cpu)
-                probs = model(cond, scodes, drop_prompt=drop).logits.float().softmax(-1)[rows_idx, first]   # (S, K)
-                return (probs[rows_idx, scodes[rows_idx, first]] / (1 - probs[:, background])).mean().item()
+                probs = model(cond, scodes, drop_prompt=torch.full((len(chunk),), drop)).logits.float().softmax(-1)
+                probs = probs[rows_idx, first]                                         # (S, K)
+                tile_probs[name].append(probs[rows_idx, scodes[rows_idx, first]] / (1 - probs[:, background]))
+            seq = model.embed(Condition.from_rows(srows, model.special.end_of_text, device=cpu), scodes[:, :-1])
+            h = model.base(seq.embeds, seq.attention_mask, seq.position_ids, layer=model.config.base_layer)
+            at = h.shape[1] - scodes.shape[1] + first                                   # (S,) predicts `first`
+            layers = [h[rows_idx, at]]
+            for stack in model.stacks:
+                out = stack.decoder(inputs_embeds=h, attention_mask=seq.attention_mask,
+                                    position_ids=seq.position_ids, output_hidden_states=True)
+                layers += [x[rows_idx, at] for x in out.hidden_states[1:]]
+                h = out.last_hidden_state
+            states.append(torch.stack(layers, 1))                                       # (S, 1 + layers, D)
+            obj = [r["meta"]["scene"]["objects"][0] for r in chunk]
+            colour += [list(vocab.COLORS).index(o["color"]) for o in obj]
+            shape += [list(vocab.CLASSES).index(o["shape"]) for o in obj]
+        means = {k: torch.cat(v).mean().item() for k, v in tile_probs.items()}
+        print(f"first object tile, P(true code | not background) on {len(singles)} colors records: own prompt "
+              f"{means['own']:.3f}, another record's {means['other']:.3f}, null {means['null']:.3f}")
+    x = torch.cat(states)                                                               # (S, 1 + layers, D)
+    for name, labels in (("colour", colour), ("class", shape)):
+        accs = " ".join(f"{linear_probe(x[:, i], torch.tensor(labels)):.2f}" for i in range(x.shape[1]))
+        print(f"where the first tile is predicted, {name} by a linear probe: stack input, then after each stack "
+              f"layer (the last after the final norm): {accs}")
+    return 0
 
-            skeep = torch.zeros(len(singles), dtype=torch.bool)
-            print(f"first object tile, P(true code | not background) on {len(singles)} colors records: own prompt "
-                  f"{first_tile(srows, skeep):.3f}, another record's {first_tile(srows[1:] + srows[:1], skeep):.3f}, "
-                  f"null {first_tile(srows, ~skeep):.3f}")
 
-        colours, feats, first_colour, first_class = list(vocab.COLORS), [], [], []
-        for r in records:
-            words = r["text"].split()
-            cs = [w for w in words if w in colours]
-            ks = [w.rstrip("s") for w in words if w.rstrip("s") in vocab.CLASSES]
-            if not cs or not ks:
-                continue
-            c = Condition.from_rows([t2i_row(tokenizer, model.special, r["text"])], model.special.end_of_text,
-                                    device=cpu)
-            seq = model.embed(c)
-            feats.append(model.base(seq.embeds, seq.attention_mask, seq.position_ids, None)[0, -1])
-            first_colour.append(colours.index(cs[0]))
-            first_class.append(vocab.CLASSES.index(ks[0]))
-    x = torch.stack(feats)
+def linear_probe(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Held-out accuracy (last fifth) of a linear classifier on standardised features x (S, D)."""
     n = len(x) * 4 // 5
     x = (x - x[:n].mean(0)) / (x[:n].std(0) + 1e-6)
-    for name, labels in (("first colour", first_colour), ("first class", first_class)):
-        y = torch.tensor(labels)
-        lin = torch.nn.Linear(x.shape[1], int(y.max()) + 1)
-        opt = torch.optim.Adam(lin.parameters(), 1e-2)
-        for _ in range(300):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(lin(x[:n]), y[:n]).backward()
-            opt.step()
-        with torch.no_grad():
-            acc = (lin(x[n:]).argmax(-1) == y[n:]).float().mean().item()
-        print(f"base state at <|vision_start|> -> {name}: linear probe {acc:.3f} ({len(x) - n} held-out prompts)")
-    return 0
+    lin = torch.nn.Linear(x.shape[1], int(y.max()) + 1)
+    opt = torch.optim.Adam(lin.parameters(), 1e-2, weight_decay=1e-3)
+    for _ in range(300):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(lin(x[:n]), y[:n]).backward()
+        opt.step()
+    with torch.no_grad():
+        return (lin(x[n:]).argmax(-1) == y[n:]).float().mean().item()
 
 
 if __name__ == "__main__":
