@@ -5,16 +5,18 @@
 
 Writes, atomically (temp folder + rename):
 
-    OUT/config.json            the run's OUT/model config with base = "base" and vq = "../vq-shapes"
+    OUT/config.json            the run's OUT/model config with base = "base" and vq = "vq"
     OUT/model.safetensors      stack, adapter, head (fp16; loaded back in the caller's dtype)
     OUT/base/                  the understanding stage's base folder (weights fp16, tokenizer, processor, template)
+    OUT/vq/                    the run's tokenizer (config, weights fp16): the one the model's codes come from
     OUT/training/              provenance: recipe.json, shipped.json (what this script changed), and per stage
                                config.json, DONE, loss.png, log.jsonl.gz
 
 The sampling options replace the recipe's default sampling in the shipped config (recorded in shipped.json).
 
-The run's VQ must be the shipped tokenizer (checked tensor by tensor), which the model then references instead of
-carrying a second copy. Every figure reported for the shipped model must be measured on OUT itself (fp16 storage).
+The model carries its own tokenizer, so shipping a newer default tokenizer (star/assets/vq-shapes) never changes
+what an older shipped model draws. Every figure reported for the shipped model must be measured on OUT itself (fp16
+storage).
 """
 
 from __future__ import annotations
@@ -27,14 +29,9 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from star.vq import SHIPPED_SHAPES_DIR  # noqa: E402
-
 
 def half(src: Path, dst: Path) -> None:
     """Copy a safetensors file with its floating tensors stored as fp16 (ints kept)."""
@@ -43,25 +40,20 @@ def half(src: Path, dst: Path) -> None:
               metadata={"format": "pt"})
 
 
-def check_vq(run_vq: Path) -> None:
-    a, b = load_file(str(run_vq / "model.safetensors")), load_file(str(SHIPPED_SHAPES_DIR / "model.safetensors"))
-    if a.keys() != b.keys() or any(not torch.equal(a[k], b[k]) for k in a):
-        raise SystemExit(f"{run_vq} is not the shipped tokenizer {SHIPPED_SHAPES_DIR}; ship that VQ too (not done by "
-                         f"this script)")
-
-
 def build(run: Path, tmp: Path, sampling: dict) -> None:
     model = run / "model"
     config = json.loads((model / "config.json").read_text())
-    check_vq(run / "vq")
-    shipped = {"from": str(run.resolve()), "base": [config["base"], "base"], "vq": [config["vq"], "../vq-shapes"],
+    shipped = {"from": str(run.resolve()), "base": [config["base"], "base"], "vq": [config["vq"], "vq"],
                "sampling": [dict(config["sampling"]), {**config["sampling"], **sampling}]}
-    config.update(base="base", vq="../vq-shapes", sampling={**config["sampling"], **sampling})
+    config.update(base="base", vq="vq", sampling={**config["sampling"], **sampling})
     tmp.mkdir(parents=True)
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     half(model / "model.safetensors", tmp / "model.safetensors")
     shutil.copytree(run / "base", tmp / "base", ignore=shutil.ignore_patterns("model.safetensors"))
     half(run / "base" / "model.safetensors", tmp / "base" / "model.safetensors")
+    (tmp / "vq").mkdir()
+    shutil.copy2(run / "vq" / "config.json", tmp / "vq" / "config.json")
+    half(run / "vq" / "model.safetensors", tmp / "vq" / "model.safetensors")
     prov = tmp / "training"
     prov.mkdir()
     shutil.copy2(run / "recipe.json", prov / "recipe.json")

@@ -1,7 +1,7 @@
 """The shipped ShapeWorld STAR model (star/assets/star-shapes): the default of `star generate`, `edit`, `understand`.
 
-It is the `shapes` recipe's output, packaged by scripts/ship_model.py (fp16 weights, base inside, tokenizer
-referenced as ../vq-shapes). These tests check that it loads, is the CLI default, understands exactly like its own
+It is the `shapes` recipe's output, packaged by scripts/ship_model.py (fp16 weights, base inside, and its own
+tokenizer in `vq/`: the one its codes came from, which is not today's default tokenizer star/assets/vq-shapes). These tests check that it loads, is the CLI default, understands exactly like its own
 base folder, and draws ShapeWorld scenes (objects the exact parser finds), not noise.
 """
 
@@ -23,7 +23,10 @@ from star.shapes.sample import random_scene
 
 def test_shipped_model_is_the_default_of_generate_edit_and_understand(tmp_path, capsys):
     config = json.loads((DEFAULT_MODEL / "config.json").read_text())
-    assert config["base"] == "base" and config["vq"] == "../vq-shapes"
+    assert config["base"] == "base" and config["vq"] == "vq"
+    own, default = (json.loads(p.read_text()) for p in (DEFAULT_MODEL / "vq" / "config.json",
+                                                         DEFAULT_MODEL.parent / "vq-shapes" / "config.json"))
+    assert own["codebook_size"] == 512 and default["codebook_size"] == 2048, "the model keeps the tokenizer it learnt"
     assert cli_main(["generate", "a photo of a red circle", "-o", str(tmp_path / "g.png"), "--seed", "0"]) == 0
     image = Image.open(tmp_path / "g.png")
     assert image.size == (128, 128) and image.mode == "RGB"

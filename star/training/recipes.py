@@ -177,7 +177,7 @@ def shapes(out: str = "runs/shapes") -> Recipe:
                 "vq", o, steps=2_500, batch_size=16, checkpoint_every=250,
                 optim=dict(lr=2e-3, min_lr=2e-4, warmup_steps=100, weight_decay=0.0),
                 stage_options=dict(data=str(o / "data" / "vq"), preset="shapes", dict_warmup=2_500,
-                                   kmeans_images=2_000)), ("vq",)),
+                                   kmeans_images=4_000)), ("vq",)),
             RecipeStage("generation", _config(
                 "generation", o, steps=2_400, batch_size=32, checkpoint_every=200, snapshot_every=200, ema_decay=0.999,
                 optim=dict(lr=1e-3, min_lr=1e-4, warmup_steps=100, weight_decay=0.05),
