@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,9 +187,25 @@ class FrozenBase(nn.Module):
         if layer is not None and not 1 <= layer < self.num_layers:
             raise ValueError(f"base layer {layer} does not exist below the top: the base has {self.num_layers} "
                              f"layers (use 1..{self.num_layers - 1}, or None for the output after the final norm)")
-        out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                                  cache=cache, use_cache=cache is not None, output_hidden_states=layer is not None)
-        return out.last_hidden_state if layer is None else out.hidden_states[layer]
+        with self._only_first(layer):
+            out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                      cache=cache, use_cache=cache is not None)
+        return out.last_hidden_state
+
+    @contextmanager
+    def _only_first(self, layer: int | None):
+        """Within the block the language model runs its first `layer` layers and no final norm (the layers above
+        are not computed at all); None leaves it whole."""
+        if layer is None:
+            yield
+            return
+        lm = self.language_model
+        layers, norm = lm.layers, lm.norm
+        lm.layers, lm.norm = layers[:layer], nn.Identity()
+        try:
+            yield
+        finally:
+            lm.layers, lm.norm = layers, norm
 
     @torch.no_grad()
     def generate(self, **inputs) -> Tensor:

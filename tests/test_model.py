@@ -85,6 +85,11 @@ def test_stack_init_options_and_progressive_stacking(make_star):
     seq = branch.embed(cond)
     with torch.no_grad():
         top_of_base = branch.base(seq.embeds, seq.attention_mask, seq.position_ids)
+        every = branch.base.language_model(inputs_embeds=seq.embeds, attention_mask=seq.attention_mask,
+                                           position_ids=seq.position_ids, output_hidden_states=True).hidden_states
+        at_2 = branch.base(seq.embeds, seq.attention_mask, seq.position_ids, layer=2)
+        assert torch.equal(at_2, every[2]), "layer=2 is layer 2's output (the layers above are not run)"
+        assert len(branch.base.language_model.layers) == 4, "the base is whole again afterwards"
         torch.testing.assert_close(branch.hidden_states(seq), top_of_base, atol=ATOL, rtol=0)
         assert not torch.allclose(make_star().hidden_states(seq), top_of_base, atol=1e-3), "upstream re-applies"
     codes = torch.randint(0, 64, (1, 8), generator=torch.Generator().manual_seed(0))
