@@ -231,6 +231,23 @@ def test_generation_loss_is_on_code_positions_with_seeded_prompt_dropout(tmp_pat
     assert torch.equal(la, lb)
 
 
+def test_generation_stage_base_layer_branches_the_stack_off_the_base(tmp_path, tiny_base_dir, star_vq_dir, dataset):
+    from star.training.stage_generation import GenerationStage
+
+    stage = GenerationStage("generation")
+    config = stage_config("generation", tmp_path, base=str(tiny_base_dir), vq=str(star_vq_dir), data=str(dataset),
+                          stack_layers=2, base_layer=2)
+    model = stage.build(config, torch.device("cpu"), torch.float32)
+    assert model.config.base_layer == 2 and model.config.stacks[0].source_layers == (2, 4)
+    base_layers = model.base.language_model.layers
+    for i, layer in enumerate(model.stacks[0].decoder.layers):
+        assert torch.equal(layer.mlp.down_proj.weight, base_layers[2 + i].mlp.down_proj.weight)
+    random = stage.build(stage_config("generation", tmp_path / "r", base=str(tiny_base_dir), vq=str(star_vq_dir),
+                                      data=str(dataset), stack_layers=4, base_layer=3, stack_init="random"),
+                         torch.device("cpu"), torch.float32)
+    assert random.config.stacks[0].source_layers is None, "a random stack copies nothing, so any depth fits"
+
+
 def test_streams_restart_exactly_at_any_position(tmp_path, tiny_base_dir, star_vq_dir, dataset):
     from star.training.data import Mixture
 

@@ -389,7 +389,8 @@ class GenerationStage:
                 **paths, **settings, family=base.family.model_type, hidden_size=d,
                 base_layer=opts.base_layer,
                 stacks=[StackedARConfig(num_layers=opts.stack_layers, init=opts.stack_init, source_layers=(
-                    None if opts.base_layer is None else (opts.base_layer, opts.base_layer + opts.stack_layers)))],
+                    None if opts.base_layer is None or opts.stack_init != "copy"
+                    else (opts.base_layer, opts.base_layer + opts.stack_layers)))],
                 adapter=AdapterConfig(code_dim=vq.config.code_dim, hidden_size=d, depth=opts.adapter_depth),
                 head=HeadConfig(hidden_size=d, codebook_size=vq.config.codebook_size),
                 sampling=SamplingConfig(**opts.sampling) if opts.sampling else SamplingConfig())
