@@ -1,8 +1,9 @@
 """The shipped ShapeWorld STAR model (star/assets/star-shapes): the default of `star generate`, `edit`, `understand`.
 
 It is the `shapes` recipe's output, packaged by scripts/ship_model.py (fp16 weights, base inside, and its own
-tokenizer in `vq/`: the one its codes came from, which is not today's default tokenizer star/assets/vq-shapes). These tests check that it loads, is the CLI default, understands exactly like its own
-base folder, and draws ShapeWorld scenes (objects the exact parser finds), not noise.
+tokenizer in `vq/`: the one its codes came from, which is not today's default tokenizer star/assets/vq-shapes).
+These tests check that it loads, is the CLI default, understands exactly like its own base folder, and draws
+ShapeWorld scenes (objects the exact parser finds), not noise.
 """
 
 from __future__ import annotations
