@@ -1,7 +1,7 @@
 """Package a finished `shapes` recipe run as the shipped default model (star/assets/star-shapes).
 
     python scripts/ship_model.py --run runs/shapes [--out star/assets/star-shapes] [--top-k K --temperature T
-                                 --guidance-scale S]
+                                 --guidance-scale S] [--edit-top-k K --edit-temperature T --edit-guidance-scale S]
 
 Writes, atomically (temp folder + rename):
 
@@ -12,7 +12,8 @@ Writes, atomically (temp folder + rename):
     OUT/training/              provenance: recipe.json, shipped.json (what this script changed), and per stage
                                config.json, DONE, loss.png, log.jsonl.gz
 
-The sampling options replace the recipe's default sampling in the shipped config (recorded in shipped.json).
+The sampling options replace the recipe's default sampling in the shipped config (recorded in shipped.json); the
+--edit-* options set the model's `edit_sampling` (the defaults of `star edit`), starting from that sampling.
 
 The model carries its own tokenizer, so shipping a newer default tokenizer (star/assets/vq-shapes) never changes
 what an older shipped model draws. Every figure reported for the shipped model must be measured on OUT itself (fp16
@@ -40,12 +41,15 @@ def half(src: Path, dst: Path) -> None:
               metadata={"format": "pt"})
 
 
-def build(run: Path, tmp: Path, sampling: dict) -> None:
+def build(run: Path, tmp: Path, sampling: dict, edit_sampling: dict) -> None:
     model = run / "model"
     config = json.loads((model / "config.json").read_text())
+    new = {**config["sampling"], **sampling}
+    new_edit = {**new, **edit_sampling} if edit_sampling else config.get("edit_sampling")
     shipped = {"from": str(run.resolve()), "base": [config["base"], "base"], "vq": [config["vq"], "vq"],
-               "sampling": [dict(config["sampling"]), {**config["sampling"], **sampling}]}
-    config.update(base="base", vq="vq", sampling={**config["sampling"], **sampling})
+               "sampling": [dict(config["sampling"]), new],
+               "edit_sampling": [config.get("edit_sampling"), new_edit]}
+    config.update(base="base", vq="vq", sampling=new, edit_sampling=new_edit)
     tmp.mkdir(parents=True)
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     half(model / "model.safetensors", tmp / "model.safetensors")
@@ -75,16 +79,21 @@ def main() -> int:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--guidance-scale", type=float, default=None)
+    p.add_argument("--edit-top-k", type=int, default=None)
+    p.add_argument("--edit-temperature", type=float, default=None)
+    p.add_argument("--edit-guidance-scale", type=float, default=None)
     args = p.parse_args()
     sampling = {k: v for k, v in (("top_k", args.top_k), ("temperature", args.temperature),
                                   ("guidance_scale", args.guidance_scale)) if v is not None}
+    edit_sampling = {k: v for k, v in (("top_k", args.edit_top_k), ("temperature", args.edit_temperature),
+                                       ("guidance_scale", args.edit_guidance_scale)) if v is not None}
     run, out = Path(args.run), Path(args.out)
     for need in ("model/config.json", "base/config.json", "vq/model.safetensors", "editing/DONE"):
         if not (run / need).exists():
             raise SystemExit(f"{run} is not a finished shapes run: {run / need} is missing")
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    build(run, tmp, sampling)
+    build(run, tmp, sampling, edit_sampling)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

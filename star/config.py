@@ -131,6 +131,8 @@ class STARConfig:
     """Pixel head (hidden -> code logits)."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     """Default sampling settings for this model."""
+    edit_sampling: SamplingConfig | None = None
+    """Default sampling settings for editing; None = `sampling` (a copying task may want other settings than T2I)."""
     cfg_dropout: float = 0.1
     """Training: probability that a row's prompt is replaced by its CFG null row."""
     max_prompt_tokens: int = 512
@@ -151,6 +153,8 @@ class STARConfig:
             self.head = _from_dict(HeadConfig, self.head, "head")
         if isinstance(self.sampling, dict):
             self.sampling = _from_dict(SamplingConfig, self.sampling, "sampling")
+        if isinstance(self.edit_sampling, dict):
+            self.edit_sampling = _from_dict(SamplingConfig, self.edit_sampling, "edit_sampling")
         if not self.stacks:
             raise ValueError("stacks must hold at least one StackedARConfig")
         if self.hidden_size <= 0:
@@ -169,6 +173,10 @@ class STARConfig:
         for name in ("edit_vit_max_tokens", "edit_vit_min_tokens", "understand_vit_max_tokens"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0 or None, got {getattr(self, name)}")
+
+    def default_sampling(self, task: str) -> SamplingConfig:
+        """The sampling a task uses when the caller gives none: `edit_sampling` for "edit" when set, else `sampling`."""
+        return self.edit_sampling if task == "edit" and self.edit_sampling is not None else self.sampling
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

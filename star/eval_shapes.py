@@ -127,10 +127,10 @@ def model_resolution(pipe) -> int:
 
 
 def sampling_settings(pipe, cfg: EvalConfig) -> dict:
-    """The requested sampling arguments and the values actually used (None -> the model's SamplingConfig)."""
+    """The requested sampling arguments and the values actually used (None -> the model's default for the task)."""
     requested = {k: getattr(cfg, k) for k in ("guidance_scale", "top_k", "top_p", "temperature")}
-    model = getattr(pipe, "model", None)
-    defaults = getattr(getattr(model, "config", None), "sampling", None)
+    config = getattr(getattr(pipe, "model", None), "config", None)
+    defaults = config.default_sampling("edit" if cfg.suite == "imgedit" else "t2i") if config is not None else None
     effective = {k: (getattr(defaults, k, None) if v is None else v) for k, v in requested.items()}
     return {"requested": requested, "effective": effective}
 
@@ -196,7 +196,7 @@ def take_per_group(rows: list, key: Callable, limit: int | None) -> list:
 def _check_run(cfg: EvalConfig, pipe, resolution: int) -> dict:
     """Write OUT/run.json; refuse to resume a folder whose outputs were made with other settings."""
     record = {"suite": cfg.suite, "model": cfg.model, "seed": cfg.seed, "reasoning": cfg.reasoning,
-              "sampling": sampling_settings(pipe, cfg)["requested"], "resolution": resolution,
+              "sampling": sampling_settings(pipe, cfg), "resolution": resolution,
               "max_new_tokens": cfg.max_new_tokens if cfg.suite == "vqa" or cfg.reasoning else None,
               "vocab_version": vocab.VOCAB_VERSION}
     path = cfg.out / "run.json"

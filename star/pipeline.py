@@ -175,7 +175,7 @@ class STARPipeline:
         and the answer (+ " Ultra HD, 4K, cinematic composition") is the condition; answers are returned."""
         cond, answers = self.t2i_condition(prompt, num_images=num_images, reasoning=reasoning,
                                            max_answer_tokens=max_answer_tokens)
-        codes = self._generate(cond, guidance_scale, top_k, top_p, temperature, seed, generator)
+        codes = self._generate(cond, "t2i", guidance_scale, top_k, top_p, temperature, seed, generator)
         return ImageOutput(*self._decode(codes), answers=answers)
 
     def edit(self, image, prompt: str | list[str], *, num_images: int = 1, guidance_scale: float | None = None,
@@ -183,7 +183,7 @@ class STARPipeline:
              seed: int | None = None, generator=None) -> ImageOutput:
         """Edit `image` (one image, or one per prompt) following each instruction in `prompt`."""
         cond = self.edit_condition(image, prompt, num_images=num_images)
-        codes = self._generate(cond, guidance_scale, top_k, top_p, temperature, seed, generator)
+        codes = self._generate(cond, "edit", guidance_scale, top_k, top_p, temperature, seed, generator)
         return ImageOutput(*self._decode(codes))
 
     def understand(self, image, prompt: str | list[str], *, max_new_tokens: int = 256, temperature: float = 0.0,
@@ -236,8 +236,9 @@ class STARPipeline:
         self._check_length(rows, self.model.num_image_tokens)
         return Condition.from_rows(rows, self.special.end_of_text, device=self.device, **images)
 
-    def _generate(self, cond: Condition, guidance_scale, top_k, top_p, temperature, seed, generator) -> Tensor:
-        d = self.model.config.sampling
+    def _generate(self, cond: Condition, task: str, guidance_scale, top_k, top_p, temperature, seed,
+                  generator) -> Tensor:
+        d = self.model.config.default_sampling(task)
         guidance_scale = d.guidance_scale if guidance_scale is None else guidance_scale
         top_k = d.top_k if top_k is None else top_k
         top_p = d.top_p if top_p is None else top_p

@@ -62,6 +62,22 @@ def test_edit_batch_rows_equal_solo_runs(pipe):
     assert torch.equal(pipe.edit(images, prompts, seed=3).codes, batch.codes)
 
 
+def test_edit_sampling_is_the_default_of_edit_only(pipe, monkeypatch):
+    from star.config import SamplingConfig
+
+    image, prompt = rgb(0), "make the cube blue"
+    greedy = dict(guidance_scale=2.0, top_k=1, top_p=1.0, temperature=1.0)
+    stochastic = dict(guidance_scale=2.0, top_k=0, top_p=1.0, temperature=1.0)
+    monkeypatch.setattr(pipe.model.config, "sampling", SamplingConfig(**stochastic))
+    monkeypatch.setattr(pipe.model.config, "edit_sampling", SamplingConfig(**greedy))
+    assert torch.equal(pipe.edit(image, prompt, seed=5).codes, pipe.edit(image, prompt, seed=5, **greedy).codes)
+    assert not torch.equal(pipe.edit(image, prompt, seed=5).codes, pipe.edit(image, prompt, seed=5, **stochastic).codes)
+    assert torch.equal(pipe.text_to_image(PROMPTS[0], seed=5).codes,
+                       pipe.text_to_image(PROMPTS[0], seed=5, **stochastic).codes), "T2I keeps `sampling`"
+    monkeypatch.setattr(pipe.model.config, "edit_sampling", None)
+    assert torch.equal(pipe.edit(image, prompt, seed=5).codes, pipe.edit(image, prompt, seed=5, **stochastic).codes)
+
+
 def test_temperature_and_guidance_are_applied(pipe):
     greedy = pipe.text_to_image(PROMPTS, temperature=0.0, guidance_scale=1.0, seed=1)
     again = pipe.text_to_image(PROMPTS, temperature=0.0, guidance_scale=1.0, seed=2)
