@@ -32,6 +32,7 @@ def test_shapes_quick_recipe_end_to_end(tmp_path):
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["base"] == "../base" and config["vq"] == "../vq"
     assert len(config["stacks"]) == 1 and config["sampling"]["top_k"] == 1
+    assert config["edit_sampling"]["top_k"] == 0, "the generation stage's edit_sampling survives the editing stage"
 
     pipe = STARPipeline.from_pretrained(out / "model")
     image = pipe.text_to_image("a photo of a red circle", seed=0).images[0]

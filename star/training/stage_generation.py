@@ -81,6 +81,8 @@ class GenerationOptions:
     """Probability that a sample's prompt is replaced by its CFG null row (drawn from the seed and sample index)."""
     sampling: dict[str, Any] = field(default_factory=dict)
     """Default sampling written into the exported model's config (STARConfig.sampling fields)."""
+    edit_sampling: dict[str, Any] = field(default_factory=dict)
+    """Default sampling of editing written into the config (STARConfig.edit_sampling; empty = keep `sampling`)."""
     max_prompt_tokens: int = 512
     """Longest prompt (chat template included); longer samples are skipped and counted."""
     edit_vit_min_tokens: int | None = None
@@ -382,7 +384,10 @@ class GenerationStage:
             star_config = STARConfig.from_json(init / "config.json")
             star_config = STARConfig.from_dict({**star_config.to_dict(), **paths, **settings,
                                                 **({"sampling": {**star_config.sampling.__dict__, **opts.sampling}}
-                                                   if opts.sampling else {})})
+                                                   if opts.sampling else {}),
+                                                **({"edit_sampling": {**star_config.default_sampling("edit").__dict__,
+                                                                      **opts.edit_sampling}}
+                                                   if opts.edit_sampling else {})})
         else:
             d = base.hidden_size
             star_config = STARConfig(
@@ -393,7 +398,8 @@ class GenerationStage:
                     else (opts.base_layer, opts.base_layer + opts.stack_layers)))],
                 adapter=AdapterConfig(code_dim=vq.config.code_dim, hidden_size=d, depth=opts.adapter_depth),
                 head=HeadConfig(hidden_size=d, codebook_size=vq.config.codebook_size),
-                sampling=SamplingConfig(**opts.sampling) if opts.sampling else SamplingConfig())
+                sampling=SamplingConfig(**opts.sampling) if opts.sampling else SamplingConfig(),
+                edit_sampling=SamplingConfig(**opts.edit_sampling) if opts.edit_sampling else None)
         model = STAR(star_config, base, vq)
         if opts.init:
             load_trainable(model, load_file(str(Path(opts.init) / "model.safetensors")), str(opts.init))
