@@ -151,8 +151,9 @@ def shapes(out: str = "runs/shapes") -> Recipe:
     ~11 min, understanding ~23 min, generation ~72 min, editing ~20 min, about 130 min in all. Generation gets most
     of the time because ShapeGenEval is the hardest target. The stack reads base layer 2 (`base_layer`), which makes
     a generation step ~1.45x cheaper. Sampling defaults are those a sweep of the second full run chose (EMA weights;
-    T2I: temperature 0.7, no top-k, CFG 1.5; edits: temperature 1, CFG 3; docs/training.md). The vq stage runs only when the shipped tokenizer is missing (then add ~20 min: 2,500
-    steps with every cell's code fixed by the exact-tile dictionary, as the shipped tokenizer was trained).
+    T2I: temperature 0.7, no top-k, CFG 1.5; edits: temperature 1, CFG 3; docs/training.md). The vq stage runs only
+    when the shipped tokenizer is missing (then add ~20 min: 2,500 steps with every cell's code fixed by the
+    exact-tile dictionary, as the shipped tokenizer was trained).
     """
     o = Path(out)
     sampling = {"guidance_scale": 1.5, "top_k": 0, "top_p": 1.0, "temperature": 0.7}
