@@ -137,6 +137,10 @@ class STARConfig:
     """Training: probability that a row's prompt is replaced by its CFG null row."""
     max_prompt_tokens: int = 512
     """Longest accepted prompt (chat template included), in tokens."""
+    edit_code_positions: str = "continue"
+    """Positions of an edit's generated codes: "continue" = 1-D after the prompt (upstream); "source" = source code
+    i's position + max_prompt_tokens, so each target code lies at one fixed distance from the source code in its
+    place whatever the instruction's length (copying is then a single relative offset to learn; not upstream)."""
     edit_vit_max_tokens: int | None = None
     """Editing: most ViT tokens for the source image (upstream: 576); None = the base image processor's budget."""
     edit_vit_min_tokens: int | None = None
@@ -168,6 +172,8 @@ class STARConfig:
                                  f"hidden_size={self.hidden_size} (the base's width)")
         if not 0.0 <= self.cfg_dropout < 1.0:
             raise ValueError(f"cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
+        if self.edit_code_positions not in ("continue", "source"):
+            raise ValueError(f"edit_code_positions must be 'continue' or 'source', got {self.edit_code_positions!r}")
         if self.max_prompt_tokens <= 0:
             raise ValueError(f"max_prompt_tokens must be > 0, got {self.max_prompt_tokens}")
         for name in ("edit_vit_max_tokens", "edit_vit_min_tokens", "understand_vit_max_tokens"):

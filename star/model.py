@@ -6,7 +6,7 @@ Data flow:
         text ids ─▶ base.embed_text;  <|vision_pad|> slots ◀─ adapter(vq.embed(source codes));  <|image_pad|> slots
         ◀─ base.embed_images (ViT);  positions ◀─ base.position_ids (1-D for T2I, Qwen's 3-D rope index for editing)
         image codes to feed (teacher forcing, or one per decode step) are appended: adapter(vq.embed(codes)),
-        1-D positions continuing after the prompt
+        1-D positions continuing after the prompt (edits with config.edit_code_positions="source": after the source)
     Sequence ─▶ base (all layers + final norm; or up to config.base_layer) ─▶ stacked AR module(s) ─▶ head ─▶ code
     logits (B, ·, K)
 
@@ -201,6 +201,9 @@ class STAR(nn.Module):
             x = x.masked_scatter(vit_slots[..., None], feats.to(x.dtype))
         positions = self.base.position_ids(ids, mask, cond.image_grid_thw)             # (3, B, T)
         next_position = positions.amax(dim=(0, 2)) + 1                                 # (B,)
+        if self.config.edit_code_positions == "source" and bool(vq_slots.any()):
+            first = positions[0].gather(1, vq_slots.int().argmax(1, keepdim=True))[:, 0]  # (B,) source code 0
+            next_position = torch.where(vq_slots.any(1), first + self.config.max_prompt_tokens, next_position)
         if codes is not None and codes.shape[1] > 0:
             n = codes.shape[1]
             steps = torch.arange(n, device=ids.device)

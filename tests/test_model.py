@@ -194,6 +194,24 @@ def test_cached_decoding_equals_full_recompute_edit(make_star):
         "the VQ block has 1-D positions"
 
 
+def test_edit_code_positions_source_puts_each_target_code_at_one_distance_from_its_source(make_star):
+    model = make_star(edit_code_positions="source")
+    pipe = STARPipeline(model)
+    cond = pipe.edit_condition([rgb(0), rgb(1)], ["make the cube blue", "remove the big ball on the left side"])
+    cond = cond.with_null()
+    codes = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(3))
+    cached, _ = step_logits(model, cond, codes)
+    torch.testing.assert_close(cached, full_logits(model, cond, codes), atol=ATOL, rtol=0)
+    seq = model.embed(cond, codes)
+    for row in range(4):
+        source = seq.position_ids[0, row, :-16][cond.input_ids[row] == model.special.vision_pad]     # (16,)
+        target = seq.position_ids[:, row, -16:]                                                      # (3, 16)
+        assert torch.equal(target - source, torch.full((3, 16), model.config.max_prompt_tokens)), row
+        assert int(target.min()) > int(seq.position_ids[:, row, :-16].max()), "codes come after the prompt"
+    assert (cond.input_ids[0] != model.special.end_of_text).sum() != (cond.input_ids[1] != model.special.end_of_text
+                                                                      ).sum(), "instructions of different lengths"
+
+
 # -----------------------------------------------------------------------------
 # Training
 

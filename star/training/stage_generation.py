@@ -85,6 +85,8 @@ class GenerationOptions:
     """Default sampling of editing written into the config (STARConfig.edit_sampling; empty = keep `sampling`)."""
     max_prompt_tokens: int = 512
     """Longest prompt (chat template included); longer samples are skipped and counted."""
+    edit_code_positions: str = "continue"
+    """Positions of an edit's target codes (STARConfig.edit_code_positions): "continue" (upstream) or "source"."""
     edit_vit_min_tokens: int | None = None
     """Editing: fewest ViT tokens of the source image (STARConfig.edit_vit_min_tokens)."""
     edit_vit_max_tokens: int | None = None
@@ -377,6 +379,7 @@ class GenerationStage:
         vq = load_vq(opts.vq, device=device)
         paths = dict(base=str(Path(opts.base).resolve()), vq=vq_folder(opts.vq))
         settings = dict(cfg_dropout=opts.cfg_dropout, max_prompt_tokens=opts.max_prompt_tokens,
+                        edit_code_positions=opts.edit_code_positions,
                         edit_vit_min_tokens=opts.edit_vit_min_tokens, edit_vit_max_tokens=opts.edit_vit_max_tokens,
                         understand_vit_max_tokens=opts.understand_vit_max_tokens)
         if opts.init:
