@@ -148,9 +148,11 @@ def shapes(out: str = "runs/shapes") -> Recipe:
     """The shipped ShapeWorld model (<= 150 min on 2 CPU cores; sizes justified in docs/training.md).
 
     Budget at the rates measured on one core of the 2-core machine (docs/training.md): data ~4 min, pre-tokenising
-    ~11 min, understanding ~23 min, generation ~72 min, editing ~20 min, about 130 min in all. Generation gets most
-    of the time because ShapeGenEval is the hardest target. The stack reads base layer 2 (`base_layer`), which makes
-    a generation step ~1.45x cheaper. Sampling defaults are those a sweep of the second full run chose (EMA weights;
+    ~11 min, understanding ~26 min, generation ~56 min, editing ~35-58 min (900 steps), 130-150 min in all.
+    Generation gets the most time because ShapeGenEval is the hardest target. The stack reads base layer 2
+    (`base_layer`), which makes a generation step ~1.45x cheaper. Editing uses source-aligned code positions
+    (`edit_code_positions="source"`), with which 900 steps at lr 1e-3 edit better and keep text-to-image
+    (docs/training.md). Sampling defaults are those a sweep of the second full run chose (EMA weights;
     T2I: temperature 0.7, no top-k, CFG 1.5; edits: temperature 1, CFG 3; docs/training.md). The vq stage runs only
     when the shipped tokenizer is missing (then add ~20 min: 2,500 steps with every cell's code fixed by the
     exact-tile dictionary, as the shipped tokenizer was trained).
@@ -188,12 +190,13 @@ def shapes(out: str = "runs/shapes") -> Recipe:
                                    stack_layers=4, adapter_depth=2, train_adapter=True, cfg_dropout=0.1,
                                    base_layer=2, sampling=sampling, edit_sampling=edit_sampling)), ("t2i",)),
             RecipeStage("editing", _config(
-                "editing", o, steps=300, batch_size=32, checkpoint_every=50, ema_decay=0.995,
-                optim=dict(lr=3e-4, min_lr=3e-5, warmup_steps=50, weight_decay=0.05),
+                "editing", o, steps=900, batch_size=32, checkpoint_every=50, ema_decay=0.995,
+                optim=dict(lr=1e-3, min_lr=1e-4, warmup_steps=50, weight_decay=0.05),
                 stage_options=dict(base=str(o / "base"), vq=str(o / "vq"), init=str(o / "generation" / "export"),
                                    data=[str(o / "data" / "edit"), str(o / "data" / "t2i")],
                                    kind_weights={"edit": 0.75, "t2i": 0.25}, train_adapter=False,
-                                   cfg_dropout=0.1, sampling=sampling, edit_sampling=edit_sampling)), ("edit", "t2i")),
+                                   edit_code_positions="source", cfg_dropout=0.1, sampling=sampling,
+                                   edit_sampling=edit_sampling)), ("edit", "t2i")),
         ],
         notes="sizes and measured rates: docs/training.md, 'The shapes recipe'",
     )
