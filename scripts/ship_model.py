@@ -83,10 +83,9 @@ def main() -> int:
     p.add_argument("--edit-temperature", type=float, default=None)
     p.add_argument("--edit-guidance-scale", type=float, default=None)
     args = p.parse_args()
-    sampling = {k: v for k, v in (("top_k", args.top_k), ("temperature", args.temperature),
-                                  ("guidance_scale", args.guidance_scale)) if v is not None}
-    edit_sampling = {k: v for k, v in (("top_k", args.edit_top_k), ("temperature", args.edit_temperature),
-                                       ("guidance_scale", args.edit_guidance_scale)) if v is not None}
+    sampling, edit_sampling = (
+        {k: getattr(args, prefix + k) for k in ("top_k", "temperature", "guidance_scale")
+         if getattr(args, prefix + k) is not None} for prefix in ("", "edit_"))
     run, out = Path(args.run), Path(args.out)
     for need in ("model/config.json", "base/config.json", "vq/model.safetensors", "editing/DONE"):
         if not (run / need).exists():

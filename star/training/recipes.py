@@ -148,7 +148,7 @@ def shapes(out: str = "runs/shapes") -> Recipe:
     """The shipped ShapeWorld model (<= 150 min on 2 CPU cores; sizes justified in docs/training.md).
 
     Budget at the rates measured on one core of the 2-core machine (docs/training.md): data ~4 min, pre-tokenising
-    ~11 min, understanding ~26 min, generation ~56 min, editing ~35-58 min (900 steps), 130-150 min in all.
+    ~11 min, understanding ~26 min, generation ~56 min, editing ~35-58 min (900 steps), ~132-155 min in all.
     Generation gets the most time because ShapeGenEval is the hardest target. The stack reads base layer 2
     (`base_layer`), which makes a generation step ~1.45x cheaper. Editing uses source-aligned code positions
     (`edit_code_positions="source"`), with which 900 steps at lr 1e-3 edit better and keep text-to-image

@@ -384,13 +384,12 @@ class GenerationStage:
                         understand_vit_max_tokens=opts.understand_vit_max_tokens)
         if opts.init:
             init = Path(opts.init)
-            star_config = STARConfig.from_json(init / "config.json")
-            star_config = STARConfig.from_dict({**star_config.to_dict(), **paths, **settings,
-                                                **({"sampling": {**star_config.sampling.__dict__, **opts.sampling}}
-                                                   if opts.sampling else {}),
-                                                **({"edit_sampling": {**star_config.default_sampling("edit").__dict__,
-                                                                      **opts.edit_sampling}}
-                                                   if opts.edit_sampling else {})})
+            merged = {**STARConfig.from_json(init / "config.json").to_dict(), **paths, **settings}
+            if opts.edit_sampling:                            # on top of the init's edit defaults (or its sampling)
+                merged["edit_sampling"] = {**(merged["edit_sampling"] or merged["sampling"]), **opts.edit_sampling}
+            if opts.sampling:
+                merged["sampling"] = {**merged["sampling"], **opts.sampling}
+            star_config = STARConfig.from_dict(merged)
         else:
             d = base.hidden_size
             star_config = STARConfig(
