@@ -168,23 +168,32 @@ def test_understanding_sequences_match_the_pipeline_and_the_loss_sees_only_answe
     prompt = understand_ids(tok, sp, conv[0][0], n)
     assert ids[:len(prompt)] == prompt and all(lab == IGNORE for lab in labels[:len(prompt)])
 
-    # the loss is the CE over the answer tokens only, in a real left-padded batch with images
-    batch = next(stream)
+    # the loss is the CE over the answer tokens only, in a real batch: image rows and text rows are two parts, each
+    # left-padded to its own length
+    batch = next(b for b in stream if len(b.parts) == 2)
+    image_part, text_part = batch.parts
+    assert image_part.pixel_values is not None and text_part.pixel_values is None
+    assert text_part.input_ids.shape[1] < image_part.input_ids.shape[1]
+    assert not (text_part.input_ids == sp.image_pad).any()
     model = stage.build(config, torch.device("cpu"), torch.float32).eval()
-    for row in range(batch.input_ids.shape[0]):
-        kept = batch.labels[row][batch.labels[row] != IGNORE]
-        text = tok.decode(kept)
-        assert text.endswith("<|im_end|>") and "user" not in text and "<|image_pad|>" not in text
+    logits, targets = [], []
+    for part in batch.parts:
+        for row in range(part.input_ids.shape[0]):
+            kept = part.labels[row][part.labels[row] != IGNORE]
+            text = tok.decode(kept)
+            assert text.endswith("<|im_end|>") and "user" not in text and "<|image_pad|>" not in text
+        with torch.no_grad():
+            out = model.hf(input_ids=part.input_ids, attention_mask=part.attention_mask,
+                           pixel_values=part.pixel_values, image_grid_thw=part.image_grid_thw,
+                           mm_token_type_ids=(part.input_ids == sp.image_pad).int())
+        mask = part.labels[:, 1:] != IGNORE
+        logits.append(out.logits[:, :-1].float()[mask])
+        targets.append(part.labels[:, 1:][mask])
     loss, metrics = stage.loss(model, batch)
-    with torch.no_grad():
-        out = model.hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       pixel_values=batch.pixel_values, image_grid_thw=batch.image_grid_thw,
-                       mm_token_type_ids=(batch.input_ids == sp.image_pad).int())
-    logits, target = out.logits[:, :-1].float(), batch.labels[:, 1:]
-    mask = target != IGNORE
-    manual = F.cross_entropy(logits[mask], target[mask])
+    manual = F.cross_entropy(torch.cat(logits), torch.cat(targets))
     torch.testing.assert_close(loss, manual, rtol=1e-5, atol=1e-6)
-    assert metrics["answer_tokens"] == int(mask.sum()) < metrics["tokens"] / 4
+    n = sum(len(t) for t in targets)
+    assert metrics["answer_tokens"] == n < metrics["tokens"] / 4
 
 
 # -----------------------------------------------------------------------------

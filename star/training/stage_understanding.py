@@ -17,12 +17,15 @@ The first turn is token for token the prompt the pipeline builds for `understand
 preprocessing), so what is trained is what is asked at inference. Later turns follow the base's chat template.
 
 Data flow: records ─▶ conversations (image?, [(question, answer), ...]) ─▶ ids + labels (-100 outside answers) ─▶
-HF forward (ViT features scattered into <|image_pad|>) ─▶ logits ─▶ CE on the labelled positions.
+two parts per micro-batch, the image rows and the text rows, each left-padded to its own length (a 30-token fact
+question is not padded to a 300-token image conversation) ─▶ HF forward per part (ViT features scattered into
+<|image_pad|>) ─▶ logits ─▶ CE over the labelled positions of both parts.
 Export: a complete HF base folder (weights, tokenizer, chat template, image processor) for FrozenBase.from_pretrained.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections.abc import Iterator
@@ -110,12 +113,19 @@ def encode_conversation(tokenizer, special, turns: list[tuple[str, str]], num_vi
 
 
 @dataclass
-class UBatch:
+class UPart:
+    """Rows padded together: a micro-batch's conversations with an image, or those without one."""
+
     input_ids: Tensor              # (b, T) left-padded
     attention_mask: Tensor         # (b, T)
     labels: Tensor                 # (b, T) IGNORE outside answers
-    pixel_values: Tensor | None    # ViT patches of the rows with an image, in row order
+    pixel_values: Tensor | None    # ViT patches of the rows, in row order (None for the text part)
     image_grid_thw: Tensor | None
+
+
+@dataclass
+class UBatch:
+    parts: list[UPart]             # the image part and/or the text part, never empty
     tasks: list[str]
 
 
@@ -182,9 +192,9 @@ class UnderstandingStream:
 
     def __next__(self) -> UBatch:
         from star.data.records import ImageReadError
-        from star.model import left_pad
 
-        seqs, labels, pixels, grids, tasks = [], [], [], [], []
+        rows: dict[bool, list] = {True: [], False: []}      # has an image -> [(ids, labels, pixels, grid)]
+        tasks = []
         for i in next(self.ranges):
             task, image, turns = self.conversation(i)
             vit = None
@@ -198,18 +208,21 @@ class UnderstandingStream:
                     self.warn.add("corrupt_image")
                     continue
             ids, lab = encode_conversation(self.tokenizer, self.special, turns, None if vit is None else vit[2])
-            seqs.append(ids)
-            labels.append(lab)
+            rows[vit is not None].append((ids, lab) + (vit[:2] if vit is not None else (None, None)))
             tasks.append(task)
-            if vit is not None:
-                pixels.append(vit[0])
-                grids.append(vit[1])
-        if not seqs:
+        if not tasks:
             raise RuntimeError(f"every sample of a micro-batch was unusable (data_warnings: {self.warnings})")
-        ids, mask = left_pad(seqs, self.special.end_of_text)
-        lab, _ = left_pad(labels, IGNORE)
-        return UBatch(ids, mask, lab, torch.cat(pixels) if pixels else None, torch.cat(grids) if grids else None,
-                      tasks)
+        return UBatch([self._part(group) for group in (rows[True], rows[False]) if group], tasks)
+
+    def _part(self, rows: list[tuple]) -> UPart:
+        from star.model import left_pad
+
+        seqs, labels, pixels, grids = zip(*rows)
+        ids, mask = left_pad(list(seqs), self.special.end_of_text)
+        lab, _ = left_pad(list(labels), IGNORE)
+        if pixels[0] is None:
+            return UPart(ids, mask, lab, None, None)
+        return UPart(ids, mask, lab, torch.cat(pixels), torch.cat(grids))
 
 
 # -----------------------------------------------------------------------------
@@ -223,18 +236,22 @@ class UnderstandingModel(nn.Module):
         super().__init__()
         self.hf = hf
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor, pixel_values: Tensor | None = None,
-                image_grid_thw: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """-> (mean CE over labelled positions, number labelled, number predicted correctly)."""
+    def forward(self, parts: list[UPart]) -> tuple[Tensor, Tensor, Tensor]:
+        """-> (mean CE over the labelled positions of all parts, number labelled, number predicted correctly)."""
         image_token_id = self.hf.config.image_token_id
-        out = self.hf(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
-                      image_grid_thw=image_grid_thw, mm_token_type_ids=(input_ids == image_token_id).int())
-        logits = out.logits[:, :-1].float()                          # (b, T-1, V): position t predicts t+1
-        target = labels[:, 1:]                                       # (b, T-1)
-        loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE)
-        supervised = target != IGNORE
-        correct = ((logits.argmax(-1) == target) & supervised).sum()
-        return loss, supervised.sum(), correct
+        total, labelled, correct = 0.0, 0, 0
+        for part in parts:
+            out = self.hf(input_ids=part.input_ids, attention_mask=part.attention_mask,
+                          pixel_values=part.pixel_values, image_grid_thw=part.image_grid_thw,
+                          mm_token_type_ids=(part.input_ids == image_token_id).int())
+            logits = out.logits[:, :-1].float()                      # (b, T-1, V): position t predicts t+1
+            target = part.labels[:, 1:]                              # (b, T-1)
+            total = total + F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE,
+                                            reduction="sum")
+            supervised = target != IGNORE
+            labelled = labelled + supervised.sum()
+            correct = correct + ((logits.argmax(-1) == target) & supervised).sum()
+        return total / labelled, labelled, correct
 
 
 class UnderstandingStage:
@@ -280,10 +297,10 @@ class UnderstandingStage:
     def loss(self, model: nn.Module, batch: UBatch) -> tuple[Tensor, dict[str, float]]:
         device = next(p for p in model.parameters()).device
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        loss, n, correct = model(batch.input_ids.to(device), batch.attention_mask.to(device), batch.labels.to(device),
-                                 move(batch.pixel_values), move(batch.image_grid_thw))
+        parts = [UPart(*(move(getattr(part, f.name)) for f in dataclasses.fields(UPart))) for part in batch.parts]
+        loss, n, correct = model(parts)
         return loss, {
-            "tokens": float(batch.attention_mask.sum()),
+            "tokens": float(sum(part.attention_mask.sum() for part in batch.parts)),
             "answer_tokens": float(n),
             "answer_accuracy": float(correct) / max(float(n), 1.0),
             "image_share": sum(t in ("vqa", "caption") for t in batch.tasks) / len(batch.tasks),
