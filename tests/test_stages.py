@@ -196,6 +196,25 @@ def test_understanding_sequences_match_the_pipeline_and_the_loss_sees_only_answe
     assert metrics["answer_tokens"] == n < metrics["tokens"] / 4
 
 
+def test_scene_qa_asks_the_vqa_questions_a_caption_answers_about_the_caption(tmp_path, tiny_base_dir, dataset):
+    from star.shapes.scene import Scene
+    from star.training.data import RecordIndex
+    from star.shapes.text import caption
+    from star.training.stage_understanding import SCENE_QA_FAMILIES, UnderstandingStage
+
+    config = stage_config("understanding", tmp_path, base=str(tiny_base_dir), data=str(dataset),
+                          tasks={"scene_qa": 1.0})
+    stream = UnderstandingStage().batches(config, 0, 1, 0)
+    vqa = [r for r in RecordIndex(dataset, ["vqa"]).records]
+    expected = sorted(f"{caption(Scene.from_dict(r['meta']['scene']))}. {r['question']}|{r['answer']}"
+                      for r in vqa if r["meta"]["family"] in SCENE_QA_FAMILIES)
+    assert {r["meta"]["family"] for r in vqa} - set(SCENE_QA_FAMILIES), "the data has relation questions to leave out"
+    got = sorted(f"{q}|{a}" for image, turns in stream.units[0] for q, a in turns if image is None)
+    assert stream.tasks == ["scene_qa"] and got == expected
+    batch = next(stream)
+    assert len(batch.parts) == 1 and batch.parts[0].pixel_values is None and set(batch.tasks) == {"scene_qa"}
+
+
 # -----------------------------------------------------------------------------
 # Generation: the loss, CFG dropout, the stream
 

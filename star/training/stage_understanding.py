@@ -12,6 +12,8 @@ Tasks (each a chat conversation, loss on the assistant's answer tokens and their
     wise        implicit reasoning: a ShapeWISE knowledge prompt -> the plain prompt that answers it
                 (text_qa records with meta.task = "wise_reasoning"; star.shapes.text.wise_answer_prompt)
     caption_lm  caption language modelling: "describe a scene." -> a caption, no image (caption records' text)
+    scene_qa    a ShapeVQA question about a scene given as its caption instead of its image, no image:
+                "{caption}. {question}" -> answer (vqa records with meta.scene; families a caption answers)
 
 The first turn is token for token the prompt the pipeline builds for `understand` (chat.understand_ids, the same ViT
 preprocessing), so what is trained is what is asked at inference. Later turns follow the base's chat template.
@@ -53,7 +55,8 @@ from star.views import vit_inputs
 CAPTION_PROMPT = "describe the image."
 CAPTION_LM_PROMPT = "describe a scene."
 WISE_TASK = "wise_reasoning"            # meta.task of text_qa records that teach implicit reasoning
-TASKS = ("vqa", "caption", "text_qa", "wise", "caption_lm")
+TASKS = ("vqa", "caption", "text_qa", "wise", "caption_lm", "scene_qa")
+SCENE_QA_FAMILIES = ("count", "color", "shape", "exist")   # a caption states these; not every relation
 IGNORE = -100
 
 
@@ -86,6 +89,16 @@ class UnderstandingOptions:
 
 # -----------------------------------------------------------------------------
 # Conversations -> token ids and labels
+
+
+def scene_caption(meta: dict) -> str | None:
+    """The ShapeWorld caption of a record's meta.scene (None without one): the text form of its image."""
+    if "scene" not in meta:
+        return None
+    from star.shapes.scene import Scene
+    from star.shapes.text import caption
+
+    return caption(Scene.from_dict(meta["scene"]))
 
 
 def encode_conversation(tokenizer, special, turns: list[tuple[str, str]], num_vit: int | None
@@ -153,9 +166,15 @@ class UnderstandingStream:
             index = RecordIndex(src.path, kinds, check_images=opts.check_images)
             skipped = merge_counts(skipped, index.stats.skipped)
             groups: dict[str, list] = {}
+            captions: dict[str, str | None] = {}
             for rec in index.records:
                 if rec["kind"] == "vqa":
                     groups.setdefault(rec["image"], []).append((rec["question"], rec["answer"]))
+                    if rec["image"] not in captions:
+                        captions[rec["image"]] = scene_caption(rec.get("meta") or {})
+                    if captions[rec["image"]] is not None and rec["meta"].get("family") in SCENE_QA_FAMILIES:
+                        units["scene_qa"].append((None, [(f"{captions[rec['image']]}. {rec['question']}",
+                                                          rec["answer"])]))
                 elif rec["kind"] == "caption":
                     units["caption"].append((rec["image"], [(CAPTION_PROMPT, rec["text"])]))
                     units["caption_lm"].append((None, [(CAPTION_LM_PROMPT, rec["text"])]))
