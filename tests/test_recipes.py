@@ -27,8 +27,12 @@ def test_shapes_quick_recipe_end_to_end(tmp_path):
 
     out = tmp_path / "quick"
     assert main(["train", "--recipe", "shapes-quick", "--out", str(out)]) == 0
-    for stage in ("understanding", "vq-train", "generation", "editing"):
+    for stage in ("understanding-text", "understanding", "vq-train", "generation", "editing"):
         assert (out / stage / "DONE").is_file() and read_log(out / stage / "log.jsonl"), stage
+    text_log = read_log(out / "understanding-text" / "log.jsonl")
+    assert {r["image_share"] for r in text_log} == {0.0}, "the first understanding entry is text only"
+    image_stage = json.loads((out / "understanding" / "config.json").read_text())
+    assert image_stage["stage_options"]["base"] == str(out / "understanding-text" / "export")
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["base"] == "../base" and config["vq"] == "../vq"
     assert len(config["stacks"]) == 1 and config["sampling"]["top_k"] == 1

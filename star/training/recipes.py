@@ -1,7 +1,8 @@
 """Training recipes: the whole STAR pipeline as data, and the runner that executes one end to end.
 
 A recipe is a Python function `recipe(out) -> Recipe`; `Recipe.stages` is the ordered list of
-`(stage name, TrainConfig, data spec)` entries (`RecipeStage`), and the recipe also names what the stages start from
+`(stage, TrainConfig, data spec, name)` entries (`RecipeStage`; a stage may appear twice under two names, e.g. a
+text-only understanding phase before the one with images), and the recipe also names what the stages start from
 (the base, the VQ) and the ShapeWorld datasets they read. `run_recipe` then does, in order, skipping whatever is
 already done (`--resume`):
 
@@ -9,6 +10,7 @@ already done (`--resume`):
     OUT/data/<name>/    ShapeWorld star-records datasets (the `star shapes dataset` generators), pre-tokenised
                         with the recipe's VQ where the stages want codes (`star tokenize`)
     OUT/understanding/  stage run (checkpoints, log.jsonl, loss.png, export/)  ─▶ published as OUT/base/
+                        (an earlier understanding entry, OUT/understanding-text/, hands its export to this one)
     OUT/vq-train/       the vq stage run, only when no trained VQ is given      ─▶ published as OUT/vq/
     OUT/generation/     stage run; OUT/editing/ continues from its export
     OUT/model/          the final STAR folder: config.json (base = "../base", vq = "../vq") + model.safetensors;
@@ -88,11 +90,19 @@ class DatasetSpec:
 
 
 class RecipeStage(NamedTuple):
-    """One entry of a recipe: (stage name, TrainConfig, data spec = names of the recipe datasets it reads)."""
+    """One entry of a recipe: (stage, TrainConfig, data spec = names of the recipe datasets it reads, entry name).
+
+    The entry's name (`key`: `name`, else the stage) names its run folder, its `--set NAME.key=value` and `--only
+    NAME`; it defaults to the stage, so only a stage that appears twice needs one."""
 
     stage: str
     config: TrainConfig
     data: tuple[str, ...]
+    name: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.name or self.stage
 
 
 @dataclass(kw_only=True)
@@ -113,31 +123,34 @@ class Recipe:
 
     def stage(self, name: str) -> RecipeStage:
         for s in self.stages:
-            if s.stage == name:
+            if s.key == name:
                 return s
-        raise KeyError(f"recipe {self.name!r} has no stage {name!r}; stages: {[s.stage for s in self.stages]}")
+        raise KeyError(f"recipe {self.name!r} has no stage {name!r}; stages: {[s.key for s in self.stages]}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "out": self.out,
                 "base": dataclasses.asdict(self.base) if isinstance(self.base, TinyBaseSpec) else self.base,
                 "vq": self.vq, "datasets": {k: dataclasses.asdict(v) for k, v in self.datasets.items()},
-                "stages": [{"stage": s.stage, "data": list(s.data), "config": to_dict(s.config)} for s in self.stages]}
+                "stages": [{"stage": s.stage, "name": s.key, "data": list(s.data), "config": to_dict(s.config)}
+                           for s in self.stages]}
 
 
-def run_dir(out: Path, stage: str) -> Path:
-    """The run folder of a stage inside a recipe's OUT (the vq stage runs in OUT/vq-train: OUT/vq is its product)."""
-    return out / ("vq-train" if stage == "vq" else stage)
+def run_dir(out: Path, name: str) -> Path:
+    """The run folder of a recipe entry inside a recipe's OUT (the vq stage runs in OUT/vq-train: OUT/vq is its
+    product)."""
+    return out / ("vq-train" if name == "vq" else name)
 
 
-def _config(stage: str, out: Path, **fields) -> TrainConfig:
-    """A stage's default config with recipe fields (nested dicts for optim / stage_options) on top."""
+def _config(stage: str, out: Path, run: str | None = None, **fields) -> TrainConfig:
+    """A stage's default config with recipe fields (nested dicts for optim / stage_options) on top; `run` is the
+    entry's name when it is not the stage's."""
     from star.training.stages import get_stage
 
     base = to_dict(get_stage(stage).default_config())
     optim = {**base["optim"], **fields.pop("optim", {})}
     options = {**base["stage_options"], **fields.pop("stage_options", {})}
     return from_dict(TrainConfig, {**base, **fields, "optim": optim, "stage_options": options,
-                                   "out_dir": str(run_dir(out, stage))})
+                                   "out_dir": str(run_dir(out, run or stage))})
 
 
 # -----------------------------------------------------------------------------
@@ -228,9 +241,15 @@ def shapes_quick(out: str = "runs/shapes-quick") -> Recipe:
         },
         stages=[
             RecipeStage("understanding", _config(
+                "understanding", o, run="understanding-text", steps=6, batch_size=8, checkpoint_every=3,
+                optim=quick_optim, stage_options=dict(base=str(o / "base-init"),
+                                                      data=[str(o / "data" / "understanding")],
+                                                      tasks={"text_qa": 0.3, "wise": 0.7})),
+                        ("understanding",), name="understanding-text"),
+            RecipeStage("understanding", _config(
                 "understanding", o, steps=12, batch_size=8, checkpoint_every=6, optim=quick_optim,
-                stage_options=dict(base=str(o / "base-init"), data=[str(o / "data" / "understanding")],
-                                   max_turns=4)), ("understanding",)),
+                stage_options=dict(base=str(o / "understanding-text" / "export"),
+                                   data=[str(o / "data" / "understanding")], max_turns=4)), ("understanding",)),
             RecipeStage("vq", _config(
                 "vq", o, steps=12, batch_size=8, checkpoint_every=6, optim=dict(lr=1e-3, warmup_steps=2),
                 stage_options=dict(data=str(o / "data" / "vq"), preset="shapes", overrides=QUICK_VQ)), ("vq",)),
@@ -349,10 +368,10 @@ def apply_recipe_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
                 spec["kinds"] = {**spec["kinds"], fld: value}
             recipe.datasets[name] = DatasetSpec(**spec)
         else:
-            targets = [i for i, s in enumerate(stages) if head in ("all", s.stage)]
+            targets = [i for i, s in enumerate(stages) if head in ("all", s.key)]
             if not targets:
                 raise KeyError(f"--set {key}: {head!r} is not a stage of recipe {recipe.name!r} "
-                               f"({[s.stage for s in stages]}), nor all / data / base / vq")
+                               f"({[s.key for s in stages]}), nor all / data / base / vq")
             for i in targets:
                 stages[i] = stages[i]._replace(config=apply_overrides(stages[i].config, [f"{rest}={text}"]))
     recipe.stages = stages
@@ -492,7 +511,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, only: Collection[str] | 
     from star.training.tokenize import tokenize_dataset
     from star.training.trainer import train
 
-    names = [s.stage for s in recipe.stages]
+    names = [s.key for s in recipe.stages]
     unknown = sorted(set(only or ()) - set(names))
     if unknown:
         raise ValueError(f"recipe {recipe.name!r} has no stage {unknown[0]!r}; its stages are {names}")
@@ -519,7 +538,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, only: Collection[str] | 
 
     # the tokenizer: shipped, given, or trained by the vq stage (not needed when only the understanding stage runs)
     vq_dir = out / "vq"
-    needs_vq = only is None or any(name != "understanding" for name in only)
+    needs_vq = only is None or any(recipe.stage(name).stage != "understanding" for name in only)
     train_vq = recipe.vq == "train"
     if not needs_vq:
         pass
@@ -546,15 +565,15 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, only: Collection[str] | 
 
     final_export = None
     for entry in recipe.stages:
-        name, config = entry.stage, entry.config
+        name, stage, config = entry.key, entry.stage, entry.config
         run = Path(config.out_dir)
-        if name == "vq" and not train_vq:
+        if stage == "vq" and not train_vq:
             continue
-        if name == "understanding" and not isinstance(recipe.base, TinyBaseSpec):
+        if stage == "understanding" and not isinstance(recipe.base, TinyBaseSpec):
             continue                                      # a released base is used as is
         if (run / DONE).is_file():
             log(f"{name}: done ({run / DONE}), skipped")
-            final_export = run / "export" if name in ("generation", "editing") else final_export
+            final_export = run / "export" if stage in ("generation", "editing") else final_export
             continue
         if only is not None and name not in only:
             log(f"{name}: not in --only {list(only)}, left for a later run")
@@ -571,15 +590,16 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, only: Collection[str] | 
                     f"({time.perf_counter() - t0:.0f}s)")
         log(f"{name}: training in {run}")
         t0 = time.perf_counter()
-        train(dataclasses.replace(config, resume=True), get_stage(name))
+        train(dataclasses.replace(config, resume=True), get_stage(stage))
         export = run / "export"
-        if name == "understanding":
+        if stage == "understanding":
             _copy_folder(export, out / "base")
-        elif name == "vq":
+        elif stage == "vq":
             _copy_folder(export, out / "vq")
         else:
             final_export = export
-        atomic_write(run / DONE, json.dumps({"stage": name, "seconds": round(time.perf_counter() - t0, 1)}) + "\n")
+        atomic_write(run / DONE, json.dumps({"stage": stage, "name": name,
+                                             "seconds": round(time.perf_counter() - t0, 1)}) + "\n")
         log(f"{name}: done in {time.perf_counter() - t0:.0f}s")
     if final_export is None and only is not None:
         log(f"recipe {recipe.name}: stages {list(only)} done; no generation/editing export yet, so no OUT/model")
@@ -592,7 +612,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, only: Collection[str] | 
 
 
 def dry_run(recipe: Recipe) -> list[str]:
-    """Write OUT/configs/<stage>.json and return the commands that run each stage by hand (e.g. under torchrun)."""
+    """Write OUT/configs/<entry>.json and return the commands that run each stage by hand (e.g. under torchrun)."""
     out = Path(recipe.out)
     (out / "configs").mkdir(parents=True, exist_ok=True)
     commands = []
@@ -603,7 +623,7 @@ def dry_run(recipe: Recipe) -> list[str]:
         if data not in recipe.datasets:
             commands.append(f"star tokenize --data {out / 'data' / data} --vq {out / 'vq'}")
     for entry in recipe.stages:
-        path = out / "configs" / f"{entry.stage}.json"
+        path = out / "configs" / f"{entry.key}.json"
         atomic_write(path, json.dumps(to_dict(entry.config), indent=2) + "\n")
         launcher = "torchrun --nproc_per_node 8 -m star.training.cli" if entry.config.parallel == "fsdp" \
             else "star train"

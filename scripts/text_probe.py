@@ -1,10 +1,14 @@
-"""Does a base answer ShapeWISE knowledge prompts? The text half of implicit reasoning, without the stack.
+"""What a base answers in text alone: ShapeWISE reasoning, the facts, and ShapeVQA asked about a caption.
 
-For each base folder: the greedy answer to every ShapeWISE benchmark prompt (what `star eval shapes --suite wise
---reasoning` draws from) compared with the plain prompt that answers it, and the greedy answer to every fact
-question (the text_qa facts the understanding stage teaches). Prints exact-match rates overall and per knowledge kind.
+For each base folder, greedy answers to
+- every ShapeWISE benchmark prompt (what `star eval shapes --suite wise --reasoning` draws from), against the plain
+  prompt that answers it: the text half of implicit reasoning, without the stack;
+- every fact question (the text_qa facts the understanding stage teaches);
+- the ShapeVQA benchmark questions a caption answers (stage_understanding.SCENE_QA_FAMILIES), asked about the
+  scene's caption instead of its image (the understanding stage's scene_qa format): can the language model look
+  things up in its context at all?
 
-    python scripts/reasoning_probe.py runs/shapes3/base runs/uX/base [--n 200]
+    python scripts/text_probe.py runs/shapes3/base runs/uX/base [--n 200]
 
 Exact match is strict: "a photo of a red star" against "a photo of a red cross" is wrong although the colour (the
 fact) is right, so the probe also reports whether the answer contains the fact's answer word.
@@ -31,8 +35,11 @@ def answers(pipe, questions: list[str], batch: int = 50) -> list[str]:
 
 
 def main() -> int:
+    from star.eval_shapes import BENCHMARK_SEEDS, build_benchmark
     from star.pipeline import BasePipeline
-    from star.shapes.text import wise_answer_prompt, wise_fact_qa, wise_prompts
+    from star.shapes.scene import Scene
+    from star.shapes.text import caption, wise_answer_prompt, wise_fact_qa, wise_prompts
+    from star.training.stage_understanding import SCENE_QA_FAMILIES
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bases", nargs="+", help="base model folders")
@@ -42,6 +49,8 @@ def main() -> int:
     torch.set_num_threads(1)
     items = wise_prompts(n=args.n)
     facts = wise_fact_qa()
+    scene_qa = [(f"{caption(Scene.from_dict(r['scene']))}. {r['question']}", r["answer"], r["family"])
+                for r in build_benchmark("vqa", *BENCHMARK_SEEDS["vqa"]) if r["family"] in SCENE_QA_FAMILIES]
     for folder in args.bases:
         pipe = BasePipeline.from_pretrained(folder, device="cpu")
         said = answers(pipe, [it["Prompt"] for it in items])
@@ -58,6 +67,12 @@ def main() -> int:
         for kind in sorted(exact):
             print(f"  {kind:9s} n={len(exact[kind]):3d} exact {sum(exact[kind]) / len(exact[kind]):.3f} "
                   f"answer word {sum(has_word[kind]) / len(has_word[kind]):.3f}")
+        scene_said = answers(pipe, [q for q, _, _ in scene_qa])
+        per_family = defaultdict(list)
+        for (_, answer, family), a in zip(scene_qa, scene_said):
+            per_family[family].append(a == answer)
+        print(f"  ShapeVQA about the caption: {rate(per_family):.3f} ({len(scene_qa)} questions; "
+              + ", ".join(f"{f} {sum(v) / len(v):.2f}" for f, v in sorted(per_family.items())) + ")")
         wrong = [(it["Prompt"], a, wise_answer_prompt(it)) for it, a in zip(items, said) if a != wise_answer_prompt(it)]
         for prompt, a, target in wrong[: args.show]:
             print(f"    {prompt!r} -> {a!r} (target {target!r})")
