@@ -195,6 +195,15 @@ def test_understanding_sequences_match_the_pipeline_and_the_loss_sees_only_answe
     n = sum(len(t) for t in targets)
     assert metrics["answer_tokens"] == n < metrics["tokens"] / 4
 
+    # with several processes every micro-batch is one part (each rank runs one forward, as FSDP needs); same loss
+    rank0 = stage.batches(config, 0, 2, 0)
+    for _ in range(3):
+        assert len(next(rank0).parts) == 1
+    per_rank = [stage.batches(config, r, 2, 0) for r in range(2)]
+    first = [next(s) for s in per_rank]
+    assert all(p.pixel_values is None or p.image_grid_thw.shape[0] == sum(t in ("vqa", "caption") for t in b.tasks)
+               for b in first for p in b.parts)
+
 
 def test_scene_qa_asks_the_vqa_questions_a_caption_answers_about_the_caption(tmp_path, tiny_base_dir, dataset):
     from star.shapes.scene import Scene

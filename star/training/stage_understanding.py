@@ -20,8 +20,9 @@ preprocessing), so what is trained is what is asked at inference. Later turns fo
 
 Data flow: records ─▶ conversations (image?, [(question, answer), ...]) ─▶ ids + labels (-100 outside answers) ─▶
 two parts per micro-batch, the image rows and the text rows, each left-padded to its own length (a 30-token fact
-question is not padded to a 300-token image conversation) ─▶ HF forward per part (ViT features scattered into
-<|image_pad|>) ─▶ logits ─▶ CE over the labelled positions of both parts.
+question is not padded to a 300-token image conversation; with several processes all rows form one part, so every
+rank runs the same number of forwards, which FSDP's per-forward all-gathers need) ─▶ HF forward per part (ViT
+features scattered into <|image_pad|>) ─▶ logits ─▶ CE over the labelled positions of all parts.
 Export: a complete HF base folder (weights, tokenizer, chat template, image processor) for FrozenBase.from_pretrained.
 """
 
@@ -132,7 +133,7 @@ class UPart:
     input_ids: Tensor              # (b, T) left-padded
     attention_mask: Tensor         # (b, T)
     labels: Tensor                 # (b, T) IGNORE outside answers
-    pixel_values: Tensor | None    # ViT patches of the rows, in row order (None for the text part)
+    pixel_values: Tensor | None    # ViT patches of the rows with an image, in row order (None if none has one)
     image_grid_thw: Tensor | None
 
 
@@ -152,6 +153,7 @@ class UnderstandingStream:
         from star.chat import SpecialTokens
 
         self.opts, self.seed = opts, config.seed
+        self.pad_apart = world_size == 1          # image rows and text rows as two parts (module docstring)
         self.ranges = micro_batch_ranges(config, rank, world_size, start_position)
         self.tokenizer = AutoTokenizer.from_pretrained(opts.base)
         self.special = SpecialTokens.from_tokenizer(self.tokenizer)
@@ -212,7 +214,7 @@ class UnderstandingStream:
     def __next__(self) -> UBatch:
         from star.data.records import ImageReadError
 
-        rows: dict[bool, list] = {True: [], False: []}      # has an image -> [(ids, labels, pixels, grid)]
+        rows: dict[bool, list] = {True: [], False: []}      # part (has an image) -> [(ids, labels, pixels, grid)]
         tasks = []
         for i in next(self.ranges):
             task, image, turns = self.conversation(i)
@@ -227,7 +229,7 @@ class UnderstandingStream:
                     self.warn.add("corrupt_image")
                     continue
             ids, lab = encode_conversation(self.tokenizer, self.special, turns, None if vit is None else vit[2])
-            rows[vit is not None].append((ids, lab) + (vit[:2] if vit is not None else (None, None)))
+            rows[vit is not None or not self.pad_apart].append((ids, lab) + (vit[:2] if vit else (None, None)))
             tasks.append(task)
         if not tasks:
             raise RuntimeError(f"every sample of a micro-batch was unusable (data_warnings: {self.warnings})")
@@ -239,9 +241,8 @@ class UnderstandingStream:
         seqs, labels, pixels, grids = zip(*rows)
         ids, mask = left_pad(list(seqs), self.special.end_of_text)
         lab, _ = left_pad(list(labels), IGNORE)
-        if pixels[0] is None:
-            return UPart(ids, mask, lab, None, None)
-        return UPart(ids, mask, lab, torch.cat(pixels), torch.cat(grids))
+        pixels, grids = [p for p in pixels if p is not None], [g for g in grids if g is not None]
+        return UPart(ids, mask, lab, torch.cat(pixels) if pixels else None, torch.cat(grids) if grids else None)
 
 
 # -----------------------------------------------------------------------------
