@@ -62,8 +62,10 @@ def build(run: Path, tmp: Path, sampling: dict, edit_sampling: dict) -> None:
     prov.mkdir()
     shutil.copy2(run / "recipe.json", prov / "recipe.json")
     (prov / "shipped.json").write_text(json.dumps(shipped, indent=2) + "\n")
-    for stage in ("understanding", "generation", "editing"):
+    for stage in [e["name"] for e in json.loads((run / "recipe.json").read_text())["stages"]]:
         src, dst = run / stage, prov / stage
+        if not (src / "DONE").is_file():
+            continue                              # e.g. the vq stage when the shipped tokenizer was used
         dst.mkdir()
         for name in ("config.json", "DONE", "loss.png"):
             if (src / name).is_file():

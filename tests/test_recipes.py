@@ -27,12 +27,19 @@ def test_shapes_quick_recipe_end_to_end(tmp_path):
 
     out = tmp_path / "quick"
     assert main(["train", "--recipe", "shapes-quick", "--out", str(out)]) == 0
-    for stage in ("understanding-text", "understanding", "vq-train", "generation", "editing"):
+    for stage in ("understanding", "understanding-text", "vq-train", "generation", "editing"):
         assert (out / stage / "DONE").is_file() and read_log(out / stage / "log.jsonl"), stage
     text_log = read_log(out / "understanding-text" / "log.jsonl")
-    assert {r["image_share"] for r in text_log} == {0.0}, "the first understanding entry is text only"
-    image_stage = json.loads((out / "understanding" / "config.json").read_text())
-    assert image_stage["stage_options"]["base"] == str(out / "understanding-text" / "export")
+    assert {r["image_share"] for r in text_log} == {0.0}, "the second understanding entry is text only"
+    # ... and trains only the layers above the stack's readout: what generation reads is the image entry's, bit for
+    # bit, while the base's answers come from retrained upper layers
+    images, published = (load_file(str(d / "model.safetensors")) for d in (out / "understanding" / "export",
+                                                                             out / "base"))
+    below = ("visual.", "model.embed_tokens.", "model.layers.0.", "model.layers.1.")   # the saved (upstream) names
+    assert images.keys() == published.keys()
+    assert all(torch.equal(images[k], published[k]) for k in images if k.startswith(below))
+    assert sum(k.startswith(below) for k in images) > 10
+    assert not torch.equal(images["model.layers.3.mlp.up_proj.weight"], published["model.layers.3.mlp.up_proj.weight"])
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["base"] == "../base" and config["vq"] == "../vq"
     assert len(config["stacks"]) == 1 and config["sampling"]["top_k"] == 1
@@ -48,7 +55,7 @@ def test_shapes_quick_recipe_end_to_end(tmp_path):
     record = next(iter(read_records(out / "data" / "understanding", kinds="vqa")))
     source = load_rgb(record["image"])
     answer = pipe.understand(source, record["question"], max_new_tokens=6)[0]
-    base = Qwen2_5_VLForConditionalGeneration.from_pretrained(out / "understanding" / "export").eval()
+    base = Qwen2_5_VLForConditionalGeneration.from_pretrained(out / "understanding-text" / "export").eval()
     pv, grid, n = vit_inputs(pipe.image_processor, source, None, None)
     from star.chat import understand_ids
 
@@ -62,7 +69,7 @@ def test_shapes_quick_recipe_end_to_end(tmp_path):
         logits_model = pipe.model.base.hf(input_ids=ids, pixel_values=pv, image_grid_thw=grid,
                                           mm_token_type_ids=(ids == pipe.special.image_pad).int()).logits[0, -1]
     assert answer == pipe.tokenizer.decode(own[0, ids.shape[1]:], skip_special_tokens=True)
-    assert torch.equal(logits_own, logits_model), "the final model's base is the understanding stage's base"
+    assert torch.equal(logits_own, logits_model), "the final model's base is the last understanding entry's"
 
     # --resume: completed stages are skipped; an interrupted stage continues from its checkpoint
     weights = load_file(str(out / "model" / "model.safetensors"))

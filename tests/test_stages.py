@@ -78,6 +78,11 @@ def stage_cases(tiny_base_dir, star_vq_dir, dataset, gen_export):
     return {
         "understanding": (dict(base=str(tiny_base_dir), data=str(dataset)),
                           ("hf.model.visual", "hf.model.language_model", "hf.lm_head"), ()),
+        "understanding-freeze-layers": (
+            dict(base=str(tiny_base_dir), data=str(dataset), freeze_layers=1, train_vision=False),
+            ("hf.model.language_model.layers.1", "hf.model.language_model.layers.2",
+             "hf.model.language_model.layers.3", "hf.model.language_model.norm", "hf.lm_head"),
+            ("hf.model.visual", "hf.model.language_model.embed_tokens", "hf.model.language_model.layers.0")),
         "vq": (dict(data=str(dataset), overrides=TINY_VQ),
                ("encoder", "decoder", "quantize", "quant_conv", "post_quant_conv"), ()),
         "vq-dictionary-warmup": (dict(data=str(dataset), overrides=TINY_VQ, dict_warmup=1, kmeans_images=8,
@@ -93,7 +98,8 @@ def stage_cases(tiny_base_dir, star_vq_dir, dataset, gen_export):
     }
 
 
-@pytest.mark.parametrize("case", ["understanding", "vq", "vq-dictionary-warmup", "generation",
+@pytest.mark.parametrize("case", ["understanding", "understanding-freeze-layers", "vq", "vq-dictionary-warmup",
+                                  "generation",
                                   "generation-frozen-adapter", "editing",
                                   "editing-new-stack"])
 def test_stage_declares_what_trains_and_a_step_moves_exactly_that(case, tmp_path, tiny_base_dir, star_vq_dir,

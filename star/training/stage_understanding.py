@@ -74,6 +74,10 @@ class UnderstandingOptions:
     """Most questions about one image in one vqa conversation."""
     train_vision: bool = True
     """Train the ViT too (False: only the language model and its head)."""
+    freeze_layers: int = 0
+    """Keep the token embeddings and the first N language-model layers frozen. With train_vision=False too, all that
+    a STAR stack reading base layer N (`STARConfig.base_layer`) sees stays bit-identical, so a later understanding
+    entry can teach the base's upper layers (e.g. implicit reasoning) without changing its text-to-image input."""
     vit_max_tokens: int | None = None
     """ViT tokens per image (None = the image processor's budget); must equal the STAR model's
     understand_vit_max_tokens for the understanding prompt to match."""
@@ -86,6 +90,8 @@ class UnderstandingOptions:
             raise ValueError(f"stage_options.tasks: unknown tasks {sorted(unknown)}; tasks are {TASKS}")
         if self.max_turns < 1:
             raise ValueError(f"stage_options.max_turns must be >= 1, got {self.max_turns}")
+        if self.freeze_layers < 0:
+            raise ValueError(f"stage_options.freeze_layers must be >= 0, got {self.freeze_layers}")
 
 
 # -----------------------------------------------------------------------------
@@ -301,14 +307,24 @@ class UnderstandingStage:
 
         opts = self.options(config)
         self._base = opts.base
-        self.trainable = ("hf.model.visual", "hf.model.language_model", "hf.lm_head") if opts.train_vision \
-            else ("hf.model.language_model", "hf.lm_head")
-        self.frozen = () if opts.train_vision else ("hf.model.visual",)
         model_type = json.loads((Path(opts.base) / "config.json").read_text()).get("model_type")
         hf = get_family(model_type).model_class().from_pretrained(opts.base, dtype=torch.float32)
+        lm = "hf.model.language_model"
+        if opts.freeze_layers == 0:
+            language = [lm]
+        else:
+            layers = len(hf.model.language_model.layers)
+            if opts.freeze_layers > layers:
+                raise ValueError(f"stage_options.freeze_layers={opts.freeze_layers}, but the base has {layers} layers")
+            language = [f"{lm}.layers.{k}" for k in range(opts.freeze_layers, layers)] + [f"{lm}.norm"]
+        below = [f"{lm}.embed_tokens"] + [f"{lm}.layers.{k}" for k in range(opts.freeze_layers)] \
+            if opts.freeze_layers else []
+        vision = ["hf.model.visual"]
+        self.trainable = tuple((vision if opts.train_vision else []) + language + ["hf.lm_head"])
+        self.frozen = tuple((vision if not opts.train_vision else []) + below)
         hf.requires_grad_(True)
-        if not opts.train_vision:
-            hf.model.visual.requires_grad_(False).to(dtype)
+        for name in self.frozen:
+            hf.get_submodule(name.removeprefix("hf.")).requires_grad_(False).to(dtype)
         return UnderstandingModel(hf).to(device)
 
     def batches(self, config: TrainConfig, rank: int, world_size: int, start_position: int) -> UnderstandingStream:
