@@ -201,7 +201,8 @@ def test_understanding_sequences_match_the_pipeline_and_the_loss_sees_only_answe
     n = sum(len(t) for t in targets)
     assert metrics["answer_tokens"] == n < metrics["tokens"] / 4
 
-    # with several processes every micro-batch is one part (each rank runs one forward, as FSDP needs); same loss
+    # with several processes every micro-batch is one part (each rank runs one forward, as FSDP needs), images and
+    # text rows together
     rank0 = stage.batches(config, 0, 2, 0)
     for _ in range(3):
         assert len(next(rank0).parts) == 1
@@ -220,7 +221,7 @@ def test_scene_qa_asks_the_vqa_questions_a_caption_answers_about_the_caption(tmp
     config = stage_config("understanding", tmp_path, base=str(tiny_base_dir), data=str(dataset),
                           tasks={"scene_qa": 1.0})
     stream = UnderstandingStage().batches(config, 0, 1, 0)
-    vqa = [r for r in RecordIndex(dataset, ["vqa"]).records]
+    vqa = list(RecordIndex(dataset, ["vqa"]).records)
     expected = sorted(f"{caption(Scene.from_dict(r['meta']['scene']))}. {r['question']}|{r['answer']}"
                       for r in vqa if r["meta"]["family"] in SCENE_QA_FAMILIES)
     assert {r["meta"]["family"] for r in vqa} - set(SCENE_QA_FAMILIES), "the data has relation questions to leave out"

@@ -143,7 +143,7 @@ def run_dir(out: Path, name: str) -> Path:
 
 def _config(stage: str, out: Path, run: str | None = None, **fields) -> TrainConfig:
     """A stage's default config with recipe fields (nested dicts for optim / stage_options) on top; `run` is the
-    entry's name when it is not the stage's."""
+    entry's name when it is not the stage's (use `_named`)."""
     from star.training.stages import get_stage
 
     base = to_dict(get_stage(stage).default_config())
@@ -151,6 +151,11 @@ def _config(stage: str, out: Path, run: str | None = None, **fields) -> TrainCon
     options = {**base["stage_options"], **fields.pop("stage_options", {})}
     return from_dict(TrainConfig, {**base, **fields, "optim": optim, "stage_options": options,
                                    "out_dir": str(run_dir(out, run or stage))})
+
+
+def _named(name: str, stage: str, out: Path, data: tuple[str, ...], **fields) -> RecipeStage:
+    """An entry whose name is not its stage's: the name is both its run folder and its key."""
+    return RecipeStage(stage, _config(stage, out, run=name, **fields), data, name=name)
 
 
 # -----------------------------------------------------------------------------
@@ -198,13 +203,12 @@ def shapes(out: str = "runs/shapes") -> Recipe:
                 stage_options=dict(base=str(o / "base-init"), data=[str(o / "data" / "understanding")],
                                    max_turns=8, tasks={"vqa": 0.75, "caption": 0.1, "text_qa": 0.05, "wise": 0.07,
                                                        "caption_lm": 0.03})), ("understanding",)),
-            RecipeStage("understanding", _config(
-                "understanding", o, run="understanding-text", steps=1_000, batch_size=32, checkpoint_every=250,
-                optim=dict(lr=2e-3, min_lr=1e-4, warmup_steps=60, weight_decay=0.05),
+            _named(
+                "understanding-text", "understanding", o, ("understanding",), steps=1_000, batch_size=32,
+                checkpoint_every=250, optim=dict(lr=2e-3, min_lr=1e-4, warmup_steps=60, weight_decay=0.05),
                 stage_options=dict(base=str(o / "understanding" / "export"), data=[str(o / "data" / "understanding")],
                                    tasks={"vqa": 0.25, "text_qa": 0.2, "wise": 0.55}, freeze_layers=BASE_LAYER,
                                    train_vision=False)),
-                        ("understanding",), name="understanding-text"),
             RecipeStage("vq", _config(
                 "vq", o, steps=2_500, batch_size=16, checkpoint_every=250,
                 optim=dict(lr=2e-3, min_lr=2e-4, warmup_steps=100, weight_decay=0.0),
@@ -259,13 +263,12 @@ def shapes_quick(out: str = "runs/shapes-quick") -> Recipe:
                 "understanding", o, steps=12, batch_size=8, checkpoint_every=6, optim=quick_optim,
                 stage_options=dict(base=str(o / "base-init"), data=[str(o / "data" / "understanding")],
                                    max_turns=4)), ("understanding",)),
-            RecipeStage("understanding", _config(
-                "understanding", o, run="understanding-text", steps=6, batch_size=8, checkpoint_every=3,
-                optim=quick_optim, stage_options=dict(base=str(o / "understanding" / "export"),
-                                                      data=[str(o / "data" / "understanding")],
-                                                      tasks={"text_qa": 0.3, "wise": 0.7}, freeze_layers=BASE_LAYER,
-                                                      train_vision=False)),
-                        ("understanding",), name="understanding-text"),
+            _named(
+                "understanding-text", "understanding", o, ("understanding",), steps=6, batch_size=8,
+                checkpoint_every=3, optim=quick_optim,
+                stage_options=dict(base=str(o / "understanding" / "export"), data=[str(o / "data" / "understanding")],
+                                   tasks={"text_qa": 0.3, "wise": 0.7}, freeze_layers=BASE_LAYER,
+                                   train_vision=False)),
             RecipeStage("vq", _config(
                 "vq", o, steps=12, batch_size=8, checkpoint_every=6, optim=dict(lr=1e-3, warmup_steps=2),
                 stage_options=dict(data=str(o / "data" / "vq"), preset="shapes", overrides=QUICK_VQ)), ("vq",)),

@@ -178,9 +178,10 @@ class UnderstandingStream:
             for rec in index.records:
                 if rec["kind"] == "vqa":
                     groups.setdefault(rec["image"], []).append((rec["question"], rec["answer"]))
+                    meta = rec.get("meta") or {}
                     if rec["image"] not in captions:
-                        captions[rec["image"]] = scene_caption(rec.get("meta") or {})
-                    if captions[rec["image"]] is not None and rec["meta"].get("family") in SCENE_QA_FAMILIES:
+                        captions[rec["image"]] = scene_caption(meta)
+                    if captions[rec["image"]] is not None and meta.get("family") in SCENE_QA_FAMILIES:
                         units["scene_qa"].append((None, [(f"{captions[rec['image']]}. {rec['question']}",
                                                           rec["answer"])]))
                 elif rec["kind"] == "caption":
