@@ -25,9 +25,9 @@ from star.shapes.sample import (
 )
 from star.shapes.scene import Obj, Scene, box_gap, relation_margin, relative_position
 from star.shapes.text import (
-    FACTS, GENEVAL_TAGS, WISE_CATEGORIES, caption, geneval_prompts, metadata_for_scene, paraphrases,
-    prompt_for_scene, random_geneval_metadata, text_vocabulary, vqa_questions, wise_answer_prompt, wise_fact_qa,
-    wise_prompts, words,
+    FACTS, GENEVAL_TAGS, WISE_CATEGORIES, caption, geneval_prompts, in_reading_order, metadata_for_scene, paraphrases,
+    prompt_for_scene, random_geneval_metadata, reading_order, text_vocabulary, vqa_questions, wise_answer_prompt,
+    wise_fact_qa, wise_prompts, words,
 )
 
 NUM = {"one": 1, "two": 2, "three": 3, "four": 4}
@@ -215,6 +215,36 @@ def test_prompt_for_scene_is_true_and_tag_compatible():
     mixed = Scene(objects=[Obj.at_cell("star", "red", 0, 0), Obj.at_cell("circle", "red", 3, 0),
                            Obj.at_cell("cross", "red", 6, 0)])
     assert metadata_for_scene(mixed, r) is None and prompt_for_scene(mixed, r) == caption(mixed)
+
+
+def test_t2i_phrase_order_follows_the_image_or_the_draw():
+    from star.shapes.cli_data import generate_records
+
+    def first_phrase_is_first_object(record) -> bool:
+        scene = Scene.from_dict(record["meta"]["scene"])
+        return record["text"].split(" and ")[0].endswith(" " + scene.objects[reading_order(scene)[0]].shape)
+
+    for order, expect in (("reading", {True}), ("drawn", {True, False})):
+        pairs = [r for r in generate_records("t2i", 150, rng(5), resolution=32, phrase_order=order)
+                 if r["meta"]["tag"] in ("two_object", "color_attr")]
+        assert len(pairs) > 30
+        assert {first_phrase_is_first_object(r) for r in pairs} == expect, order
+    # reordering keeps the prompt true of its scene and its tag's template; other tags are untouched
+    upper, lower = Obj.at_cell("star", "red", 0, 0), Obj.at_cell("circle", "blue", 4, 4)
+    scene = Scene(objects=[lower, upper])
+    meta = random_geneval_metadata(rng(0), "color_attr")
+    meta = dict(meta, include=[{"class": "circle", "count": 1, "color": "blue"},
+                               {"class": "star", "count": 1, "color": "red"}])
+    meta["prompt"] = expected_prompt(meta)
+    swapped = in_reading_order(meta, scene)
+    assert swapped["prompt"] == "a photo of a red star and a blue circle" and geneval_correct(scene, swapped)
+    assert in_reading_order(swapped, scene) == swapped
+    counting = random_geneval_metadata(rng(0), "counting")
+    assert in_reading_order(counting, scene) is counting
+    with pytest.raises(ValueError, match="named nowhere"):
+        in_reading_order(swapped, Scene(objects=[Obj.at_cell("cross", "red", 0, 0), lower]))
+    with pytest.raises(ValueError, match="phrase_order"):
+        next(generate_records("t2i", 1, rng(0), phrase_order="sorted"))
 
 
 # ----------------------------------------------------------------------------------------------------------------

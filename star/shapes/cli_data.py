@@ -20,7 +20,7 @@ from star.shapes.edits import random_edit, render_target, type_counts
 from star.shapes.render import render
 from star.shapes.sample import geneval_reference_scene, random_scene
 from star.shapes.text import (
-    caption, metadata_for_scene, paraphrases, random_geneval_metadata, vqa_questions, wise_fact_qa,
+    caption, in_reading_order, metadata_for_scene, paraphrases, random_geneval_metadata, vqa_questions, wise_fact_qa,
 )
 
 BACKGROUND_P = 0.25  # caption/vqa scenes: probability of a non-default background
@@ -33,19 +33,30 @@ def _background(rng: np.random.Generator) -> str:
     return vocab.DEFAULT_BACKGROUND
 
 
+PHRASE_ORDERS = ("reading", "drawn")
+
+
 def generate_records(kind: str, n: int, rng: np.random.Generator, *, aligned: bool = True,
-                     resolution: int = vocab.DEFAULT_RESOLUTION, caption_frac: float = 0.1) -> Iterator[dict]:
-    """n train-split records of `kind`, images as PIL (RecordWriter.add stores them)."""
+                     resolution: int = vocab.DEFAULT_RESOLUTION, caption_frac: float = 0.1,
+                     phrase_order: str = "reading") -> Iterator[dict]:
+    """n train-split records of `kind`, images as PIL (RecordWriter.add stores them).
+
+    t2i `phrase_order`: "reading" names a two-object prompt's objects in the image's reading order (the order the
+    generator draws them: a colour is then bound by position in the prompt, not looked up by class), "drawn" keeps
+    the order the prompt was drawn in (independent of the layout)."""
+    if phrase_order not in PHRASE_ORDERS:
+        raise ValueError(f"phrase_order must be one of {PHRASE_ORDERS}, got {phrase_order!r}")
     if kind == "t2i":
         for _ in range(n):
             if rng.random() < caption_frac:
                 scene = random_scene(rng, aligned=aligned)
                 meta = metadata_for_scene(scene, rng)
-                text, tag = (meta["prompt"], meta["tag"]) if meta else (caption(scene), "caption")
             else:
                 meta = random_geneval_metadata(rng, split="train")
                 scene = geneval_reference_scene(meta, rng, aligned=aligned, split="train")
-                text, tag = meta["prompt"], meta["tag"]
+            if meta and phrase_order == "reading":
+                meta = in_reading_order(meta, scene)
+            text, tag = (meta["prompt"], meta["tag"]) if meta else (caption(scene), "caption")
             yield {"kind": "t2i", "image": render(scene, resolution), "text": text,
                    "meta": {"tag": tag, "scene": scene.to_dict()}}
     elif kind == "edit":
@@ -99,6 +110,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unaligned", action="store_true", help="continuous placement instead of the grid")
     parser.add_argument("--caption-frac", type=float, default=0.1,
                         help="t2i: share of random scenes with a true prompt or caption (default 0.1)")
+    parser.add_argument("--phrase-order", choices=PHRASE_ORDERS, default="reading",
+                        help="t2i: name a two-object prompt's objects in the image's reading order (default) or in "
+                             "the order they were drawn")
     parser.add_argument("--shard-size", type=int, default=10_000, help="records per JSONL shard (default 10000)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
 
@@ -110,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--caption-frac must be in [0, 1], got {args.caption_frac}")
     kinds = list(KINDS) if args.kind == "all" else [args.kind]
     meta = {"world": "shapeworld", "vocab": vocab.VOCAB_VERSION, "split": "train", "seed": args.seed,
-            "resolution": args.resolution, "aligned": not args.unaligned, "kinds": kinds, "n_per_kind": args.n}
+            "resolution": args.resolution, "aligned": not args.unaligned, "kinds": kinds, "n_per_kind": args.n,
+            "phrase_order": args.phrase_order}
     start = time.time()
     try:
         writer = RecordWriter(args.out, shard_size=args.shard_size, meta=meta, overwrite=args.overwrite)
@@ -120,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
         for kind in kinds:
             rng = np.random.default_rng([args.seed, list(KINDS).index(kind)])  # kinds independent of each other
             for record in generate_records(kind, args.n, rng, aligned=not args.unaligned,
-                                           resolution=args.resolution, caption_frac=args.caption_frac):
+                                           resolution=args.resolution, caption_frac=args.caption_frac,
+                                           phrase_order=args.phrase_order):
                 writer.add(record)
     counts = ", ".join(f"{k} {v}" for k, v in writer.counts.items())
     print(f"wrote {args.out}: {counts}; {len(writer._images)} images; {time.time() - start:.1f}s")

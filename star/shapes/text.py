@@ -93,6 +93,26 @@ def _draw(tag: str, rng: np.random.Generator) -> dict:
     raise ValueError(f"GenEval tag must be one of {GENEVAL_TAGS}, got {tag!r}")
 
 
+PAIR_TAGS = ("two_object", "color_attr")
+
+
+def in_reading_order(meta: dict, scene: Scene) -> dict:
+    """A two_object / color_attr prompt whose two phrases name the objects in `scene`'s reading order (top to bottom,
+    then left to right: the order a raster-scan generator draws them), so that "first phrase = first object drawn";
+    other tags, and prompts already in that order, come back unchanged."""
+    if meta["tag"] not in PAIR_TAGS:
+        return meta
+    a, b = meta["include"]
+    first = scene.objects[reading_order(scene)[0]]
+    if first.shape == a["class"]:
+        return meta
+    if first.shape != b["class"]:
+        raise ValueError(f"scene's first object ({first.shape}) is named nowhere in {meta['prompt']!r}")
+    if meta["tag"] == "two_object":
+        return _two_object(b["class"], a["class"])
+    return _color_attr(b["class"], b["color"], a["class"], a["color"])
+
+
 def _key(meta: dict) -> str:
     return json.dumps(meta, sort_keys=True)
 

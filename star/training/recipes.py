@@ -85,6 +85,9 @@ class DatasetSpec:
     wise_reasoning: int = 0
     """Extra text_qa records teaching implicit reasoning: ShapeWISE train-split knowledge prompt -> the plain
     prompt that answers it (star.shapes.text.wise_answer_prompt), meta.task = "wise_reasoning"."""
+    phrase_order: str = "reading"
+    """t2i: a two-object prompt names its objects in the image's reading order, or as "drawn" (`star shapes
+    dataset --phrase-order`)."""
     tokenize: bool = False
     """Pre-tokenise its t2i / edit images with the recipe's VQ (`star tokenize`) before the stages read it."""
 
@@ -174,8 +177,10 @@ def shapes(out: str = "runs/shapes") -> Recipe:
     (`understanding-text`, 1,000 steps, three quarters text) teaches the facts and implicit reasoning to the base's
     layers from BASE_LAYER up only, so what the stack reads (embeddings, the layers below, ViT) is the image entry's,
     bit for bit; its ShapeVQA rows keep the base answering questions about images (text alone erases that).
-    Generation gets the most time because ShapeGenEval is the hardest target. The stack reads base layer 2
-    (`base_layer`), which makes a generation step ~1.45x cheaper. Editing uses source-aligned code positions
+    Generation gets the most time because ShapeGenEval is the hardest target (4,800 steps: the third run's curve
+    still rose at 2,400); its two-object prompts name the objects in the image's reading order (DatasetSpec
+    .phrase_order), so the raster-order generator binds a colour by its place in the prompt. The stack reads base
+    layer 2 (`base_layer`), which makes a generation step ~1.45x cheaper. Editing uses source-aligned code positions
     (`edit_code_positions="source"`), with which 900 steps at lr 1e-3 edit better and keep text-to-image
     (docs/training.md). Sampling defaults are those a sweep of the second full run chose (EMA weights;
     T2I: temperature 0.7, no top-k, CFG 1.5; edits: temperature 1, CFG 3; docs/training.md). The vq stage runs only
@@ -192,7 +197,7 @@ def shapes(out: str = "runs/shapes") -> Recipe:
         datasets={
             "understanding": DatasetSpec(kinds={"vqa": 24_000, "caption": 3_000, "text_qa": 1_500}, seed=101,
                                          wise_reasoning=3_000),
-            "t2i": DatasetSpec(kinds={"t2i": 24_000}, seed=102, tokenize=True),
+            "t2i": DatasetSpec(kinds={"t2i": 40_000}, seed=102, tokenize=True),
             "edit": DatasetSpec(kinds={"edit": 4_000}, seed=103, tokenize=True),
             "vq": DatasetSpec(kinds={"t2i": 3_000, "edit": 1_000}, seed=104),
         },
@@ -215,7 +220,7 @@ def shapes(out: str = "runs/shapes") -> Recipe:
                 stage_options=dict(data=str(o / "data" / "vq"), preset="shapes", dict_warmup=2_500,
                                    kmeans_images=4_000)), ("vq",)),
             RecipeStage("generation", _config(
-                "generation", o, steps=2_400, batch_size=32, checkpoint_every=200, snapshot_every=200, ema_decay=0.999,
+                "generation", o, steps=4_800, batch_size=32, checkpoint_every=200, snapshot_every=400, ema_decay=0.999,
                 optim=dict(lr=1e-3, min_lr=1e-4, warmup_steps=100, weight_decay=0.05),
                 stage_options=dict(base=str(o / "base"), vq=str(o / "vq"), data=[str(o / "data" / "t2i")],
                                    stack_layers=4, adapter_depth=2, train_adapter=True, cfg_dropout=0.1,
@@ -484,11 +489,13 @@ def build_dataset(spec: DatasetSpec, out: Path, log: Callable[[str], None]) -> N
     t0 = time.perf_counter()
     meta = {"world": "shapeworld", "vocab": vocab.VOCAB_VERSION, "split": "train", "seed": spec.seed,
             "resolution": spec.resolution, "aligned": True, "kinds": spec.kinds,
-            "wise_reasoning": spec.wise_reasoning, "written_by": "star.training.recipes"}
+            "wise_reasoning": spec.wise_reasoning, "phrase_order": spec.phrase_order,
+            "written_by": "star.training.recipes"}
     with RecordWriter(out, meta=meta, overwrite=True) as writer:
         for kind, n in spec.kinds.items():
             rng = np.random.default_rng([spec.seed, list(KINDS).index(kind)])
-            for record in generate_records(kind, n, rng, resolution=spec.resolution):
+            for record in generate_records(kind, n, rng, resolution=spec.resolution,
+                                           phrase_order=spec.phrase_order):
                 writer.add(record)
         for record in wise_reasoning_records(spec.wise_reasoning, spec.seed):
             writer.add(record)
