@@ -143,9 +143,8 @@ class STARConfig:
     place whatever the instruction's length (copying is then a single relative offset to learn; not upstream)."""
     edit_source_hint: bool = False
     """Editing: add the source's code vector at the same grid cell, through a zero-initialised linear map
-    (`STAR.source_hint`), to the first stack's input at the token that predicts each target code, so keeping a cell
-    unchanged is a local decision rather than a lookup across the sequence (not upstream; the frozen base never
-    sees it; T2I rows get no hint)."""
+    (`STAR.source_hint`), to the input that predicts each target code, so keeping a cell unchanged is a local
+    decision rather than a lookup across the sequence (not upstream; T2I rows get no hint)."""
     edit_vit_max_tokens: int | None = None
     """Editing: most ViT tokens for the source image (upstream: 576); None = the base image processor's budget."""
     edit_vit_min_tokens: int | None = None

@@ -7,8 +7,7 @@ Data flow:
         ◀─ base.embed_images (ViT);  positions ◀─ base.position_ids (1-D for T2I, Qwen's 3-D rope index for editing)
         image codes to feed (teacher forcing, or one per decode step) are appended: adapter(vq.embed(codes)),
         1-D positions continuing after the prompt (edits with config.edit_code_positions="source": after the source);
-        with config.edit_source_hint, the stack's input at the token predicting target code i also gets
-        source_hint(vq.embed(source code i)) (the frozen base never sees it)
+        with config.edit_source_hint, the input predicting target code i also gets source_hint(vq.embed(source code i))
     Sequence ─▶ base (all layers + final norm; or up to config.base_layer) ─▶ stacked AR module(s) ─▶ head ─▶ code
     logits (B, ·, K)
 
@@ -95,8 +94,7 @@ class Sequence:
     attention_mask: Tensor   # (B, past + T)
     position_ids: Tensor     # (3, B, T)
     next_position: Tensor    # (B,) position of the next token to append
-    stack_hints: Tensor | None = None    # (B, T, D) edit_source_hint: added to the first stack's input, else None
-    source_hints: Tensor | None = None   # (B, N, D) edit_source_hint: the hint of the token that predicts code i
+    source_hints: Tensor | None = None   # (B, N, D) edit_source_hint: what the input predicting code i gets added
 
 
 @dataclass
@@ -224,13 +222,10 @@ class STAR(nn.Module):
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], n)], dim=1)
             positions = torch.cat([positions, (next_position[:, None] + steps)[None].expand(3, -1, -1)], dim=2)
             next_position = next_position + n
-        stack_hints = None
-        if hints is not None:            # tokens predicting codes 0..k-1: the prompt's last token, then codes fed
-            (b, length, d), t = x.shape, ids.shape[1] - 1
-            k = min(length - t, hints.shape[1])
-            stack_hints = torch.cat([hints.new_zeros(b, t, d), hints[:, :k], hints.new_zeros(b, length - t - k, d)],
-                                    dim=1)                                             # (B, T + n, D)
-        return Sequence(x, mask, positions, next_position, stack_hints, hints)
+        if hints is not None:            # inputs predicting codes 0..k-1: the prompt's last token, then codes fed
+            t, k = ids.shape[1] - 1, min(x.shape[1] - ids.shape[1] + 1, hints.shape[1])
+            x = torch.cat([x[:, :t], x[:, t:t + k] + hints[:, :k].to(x.dtype), x[:, t + k:]], dim=1)
+        return Sequence(x, mask, positions, next_position, hints)
 
     def source_hints(self, cond: Condition, vq_slots: Tensor) -> Tensor | None:
         """(B, N, D) source_hint(source code i) per edit row, zeros for rows without a source; None when the model
@@ -253,8 +248,6 @@ class STAR(nn.Module):
         with torch.set_grad_enabled(adapter_trains):
             h = self.base(seq.embeds, seq.attention_mask, seq.position_ids, caches[0],   # (B, T, D) post-norm,
                           layer=self.config.base_layer)                                   # or layer k's output
-        if seq.stack_hints is not None:
-            h = h + seq.stack_hints.to(h.dtype)
         for stack, cache in zip(self.stacks, caches[1:]):
             h = stack(h, seq.attention_mask, seq.position_ids, cache)                  # (B, T, D)
         return h
@@ -292,9 +285,10 @@ class STAR(nn.Module):
         mask = torch.cat([state.attention_mask, state.attention_mask.new_ones(r, 1)], dim=1)   # (R, T + 1)
         positions = state.next_position.view(1, r, 1).expand(3, r, 1)                          # (3, R, 1)
         x = self.embed_codes(codes[:, None])                                                   # (R, 1, D)
-        hints, i = state.source_hints, state.codes_fed + 1                 # this token predicts code i
-        stack_hints = hints[:, i:i + 1] if hints is not None and i < hints.shape[1] else None     # (R, 1, D)
-        seq = Sequence(x, mask, positions, state.next_position + 1, stack_hints)
+        hints, i = state.source_hints, state.codes_fed + 1                 # this input predicts code i
+        if hints is not None and i < hints.shape[1]:
+            x = x + hints[:, i:i + 1].to(x.dtype)
+        seq = Sequence(x, mask, positions, state.next_position + 1)
         state = DecodeState(state.caches, mask, seq.next_position, hints, i)
         return self.head(self.hidden_states(seq, state)[:, -1]), state
 

@@ -228,16 +228,14 @@ def test_edit_source_hint_adds_each_cells_source_code_to_the_input_that_predicts
     torch.testing.assert_close(cached, full_logits(model, cond, codes), atol=ATOL, rtol=0)
     assert not torch.allclose(cached, full_logits(plain, cond, codes), atol=1e-3)
 
-    # the base's input is untouched; the stack's input at exactly the tokens predicting codes 0..15 (the prompt's
-    # last token, then codes 0..14) gets source code i's hint
+    # exactly the inputs predicting codes 0..15 (the prompt's last token, then codes 0..14) get source code i's hint
     seq, ref = model.embed(cond, codes[:, :-1]), plain.embed(cond, codes[:, :-1])
-    assert torch.equal(seq.embeds, ref.embeds) and ref.stack_hints is None
     source = cond.source_codes.view(4, 16)
     with torch.no_grad():
         hint = model.source_hint(model.vq.embed(source))                                  # (4, 16, D)
     t = cond.input_ids.shape[1] - 1
-    torch.testing.assert_close(seq.stack_hints[:, t:], hint, atol=0, rtol=0)
-    assert not seq.stack_hints[:, :t].any()
+    torch.testing.assert_close(seq.embeds[:, t:] - ref.embeds[:, t:], hint, atol=1e-6, rtol=0)
+    assert torch.equal(seq.embeds[:, :t], ref.embeds[:, :t])
 
     # rows without a source (T2I rows of a mixed batch) get none
     vq_slots = cond.input_ids == model.special.vision_pad

@@ -88,8 +88,8 @@ class GenerationOptions:
     edit_code_positions: str = "continue"
     """Positions of an edit's target codes (STARConfig.edit_code_positions): "continue" (upstream) or "source"."""
     edit_source_hint: bool = False
-    """Editing: the stack's input at the token predicting each target code also gets the source's code in that cell,
-    through a zero-initialised linear map that trains with the stage (STARConfig.edit_source_hint; not upstream)."""
+    """Editing: the input predicting each target code also gets the source's code in that cell, through a
+    zero-initialised linear map that trains with the stage (STARConfig.edit_source_hint; not upstream)."""
     edit_vit_min_tokens: int | None = None
     """Editing: fewest ViT tokens of the source image (STARConfig.edit_vit_min_tokens)."""
     edit_vit_max_tokens: int | None = None
