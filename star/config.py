@@ -141,10 +141,6 @@ class STARConfig:
     """Positions of an edit's generated codes: "continue" = 1-D after the prompt (upstream); "source" = source code
     i's position + max_prompt_tokens, so each target code lies at one fixed distance from the source code in its
     place whatever the instruction's length (copying is then a single relative offset to learn; not upstream)."""
-    edit_source_hint: bool = False
-    """Editing: add the source's code vector at the same grid cell, through a zero-initialised linear map
-    (`STAR.source_hint`), to the input that predicts each target code, so keeping a cell unchanged is a local
-    decision rather than a lookup across the sequence (not upstream; T2I rows get no hint)."""
     edit_vit_max_tokens: int | None = None
     """Editing: most ViT tokens for the source image (upstream: 576); None = the base image processor's budget."""
     edit_vit_min_tokens: int | None = None

@@ -6,8 +6,7 @@ Data flow:
         text ids ─▶ base.embed_text;  <|vision_pad|> slots ◀─ adapter(vq.embed(source codes));  <|image_pad|> slots
         ◀─ base.embed_images (ViT);  positions ◀─ base.position_ids (1-D for T2I, Qwen's 3-D rope index for editing)
         image codes to feed (teacher forcing, or one per decode step) are appended: adapter(vq.embed(codes)),
-        1-D positions continuing after the prompt (edits with config.edit_code_positions="source": after the source);
-        with config.edit_source_hint, the input predicting target code i also gets source_hint(vq.embed(source code i))
+        1-D positions continuing after the prompt (edits with config.edit_code_positions="source": after the source)
     Sequence ─▶ base (all layers + final norm; or up to config.base_layer) ─▶ stacked AR module(s) ─▶ head ─▶ code
     logits (B, ·, K)
 
@@ -94,7 +93,6 @@ class Sequence:
     attention_mask: Tensor   # (B, past + T)
     position_ids: Tensor     # (3, B, T)
     next_position: Tensor    # (B,) position of the next token to append
-    source_hints: Tensor | None = None   # (B, N, D) edit_source_hint: what the input predicting code i gets added
 
 
 @dataclass
@@ -104,8 +102,6 @@ class DecodeState:
     caches: list             # [base cache, stack 0 cache, ...], transformers DynamicCache, updated in place
     attention_mask: Tensor   # (R, T_so_far)
     next_position: Tensor    # (R,)
-    source_hints: Tensor | None = None   # (R, N, D) edit_source_hint, else None
-    codes_fed: int = 0       # image codes fed so far (the next one fed predicts code codes_fed + 1)
 
 
 @dataclass
@@ -144,11 +140,6 @@ class STAR(nn.Module):
             earlier.requires_grad_(False)
         self.adapter = PixelAdapter(config.adapter).to(base.device, base.dtype)
         self.head = PixelHead(config.head).to(base.device, base.dtype)
-        self.source_hint = None
-        if config.edit_source_hint:                  # zero at init: a model that never trained it is unchanged
-            self.source_hint = nn.Linear(config.adapter.code_dim, config.hidden_size, bias=False,
-                                         device=base.device, dtype=base.dtype)
-            nn.init.zeros_(self.source_hint.weight)
         self.special = SpecialTokens.from_tokenizer(base.tokenizer) if base.tokenizer is not None else None
 
     # --- sizes ---------------------------------------------------------------------
@@ -177,9 +168,8 @@ class STAR(nn.Module):
         return stack
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
-        """The parts STAR trains and saves: stacks, adapter, head, source_hint (the base and the VQ are referenced)."""
-        return {k: v for k, v in self.state_dict().items()
-                if k.startswith(("stacks.", "adapter.", "head.", "source_hint."))}
+        """The parts STAR trains and saves: stacks, adapter, head (the base and the VQ are referenced, not saved)."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith(("stacks.", "adapter.", "head."))}
 
     # --- the single sequence builder -------------------------------------------
     def embed_codes(self, codes: Tensor) -> Tensor:
@@ -209,7 +199,6 @@ class STAR(nn.Module):
                 raise ValueError(f"the ViT produced {feats.shape[0]} tokens for {int(vit_slots.sum())} "
                                  f"<|image_pad|> slots; the chat rows and image_grid_thw disagree")
             x = x.masked_scatter(vit_slots[..., None], feats.to(x.dtype))
-        hints = self.source_hints(cond, vq_slots)                                      # (B, N, D) or None
         positions = self.base.position_ids(ids, mask, cond.image_grid_thw)             # (3, B, T)
         next_position = positions.amax(dim=(0, 2)) + 1                                 # (B,)
         if self.config.edit_code_positions == "source" and bool(vq_slots.any()):
@@ -222,23 +211,7 @@ class STAR(nn.Module):
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], n)], dim=1)
             positions = torch.cat([positions, (next_position[:, None] + steps)[None].expand(3, -1, -1)], dim=2)
             next_position = next_position + n
-        if hints is not None:            # inputs predicting codes 0..k-1: the prompt's last token, then codes fed
-            t, k = ids.shape[1] - 1, min(x.shape[1] - ids.shape[1] + 1, hints.shape[1])
-            x = torch.cat([x[:, :t], x[:, t:t + k] + hints[:, :k].to(x.dtype), x[:, t + k:]], dim=1)
-        return Sequence(x, mask, positions, next_position, hints)
-
-    def source_hints(self, cond: Condition, vq_slots: Tensor) -> Tensor | None:
-        """(B, N, D) source_hint(source code i) per edit row, zeros for rows without a source; None when the model
-        has no source hint or the batch no source."""
-        if self.source_hint is None or not bool(vq_slots.any()):
-            return None
-        n, edit_rows = self.num_image_tokens, vq_slots.any(1)                          # (B,)
-        if bool((vq_slots.sum(1)[edit_rows] != n).any()):
-            raise ValueError(f"edit_source_hint needs a source of {n} codes (the target's grid) per edit row, "
-                             f"got {vq_slots.sum(1)[edit_rows].tolist()}")
-        hints = self.source_hint(self.vq.embed(cond.source_codes.reshape(-1, n)).to(self.source_hint.weight.dtype))
-        out = hints.new_zeros(vq_slots.shape[0], n, hints.shape[-1])                  # (B, N, D)
-        return out.masked_scatter(edit_rows[:, None, None], hints)
+        return Sequence(x, mask, positions, next_position)
 
     def hidden_states(self, seq: Sequence, state: DecodeState | None = None) -> Tensor:
         """Sequence -> (B, T, D) hidden states of the top stack. The base runs without a graph when the adapter
@@ -276,7 +249,7 @@ class STAR(nn.Module):
 
         seq = self.embed(cond)
         caches = [DynamicCache(config=self.base.text_config)] + [s.new_cache() for s in self.stacks]
-        state = DecodeState(caches, seq.attention_mask, seq.next_position, seq.source_hints)
+        state = DecodeState(caches, seq.attention_mask, seq.next_position)
         return self.head(self.hidden_states(seq, state)[:, -1]), state
 
     def step(self, codes: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
@@ -284,12 +257,8 @@ class STAR(nn.Module):
         r = codes.shape[0]
         mask = torch.cat([state.attention_mask, state.attention_mask.new_ones(r, 1)], dim=1)   # (R, T + 1)
         positions = state.next_position.view(1, r, 1).expand(3, r, 1)                          # (3, R, 1)
-        x = self.embed_codes(codes[:, None])                                                   # (R, 1, D)
-        hints, i = state.source_hints, state.codes_fed + 1                 # this input predicts code i
-        if hints is not None and i < hints.shape[1]:
-            x = x + hints[:, i:i + 1].to(x.dtype)
-        seq = Sequence(x, mask, positions, state.next_position + 1)
-        state = DecodeState(state.caches, mask, seq.next_position, hints, i)
+        seq = Sequence(self.embed_codes(codes[:, None]), mask, positions, state.next_position + 1)
+        state = DecodeState(state.caches, mask, seq.next_position)
         return self.head(self.hidden_states(seq, state)[:, -1]), state
 
     # --- persistence (star.checkpoint) ------------------------------------------

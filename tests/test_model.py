@@ -212,41 +212,6 @@ def test_edit_code_positions_source_puts_each_target_code_at_one_distance_from_i
                                                                       ).sum(), "instructions of different lengths"
 
 
-def test_edit_source_hint_adds_each_cells_source_code_to_the_input_that_predicts_it(make_star):
-    plain, model = make_star(edit_code_positions="source"), make_star(edit_code_positions="source",
-                                                                      edit_source_hint=True)
-    pipe = STARPipeline(model)
-    cond = pipe.edit_condition([rgb(0), rgb(1)], ["make the cube blue", "remove the big ball"]).with_null()
-    codes = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(5))
-    assert "source_hint.weight" in model.trainable_state_dict()
-    torch.testing.assert_close(full_logits(model, cond, codes), full_logits(plain, cond, codes), atol=0, rtol=0,
-                               msg="a zero-initialised hint changes nothing")
-
-    with torch.no_grad():
-        model.source_hint.weight.normal_()
-    cached, _ = step_logits(model, cond, codes)
-    torch.testing.assert_close(cached, full_logits(model, cond, codes), atol=ATOL, rtol=0)
-    assert not torch.allclose(cached, full_logits(plain, cond, codes), atol=1e-3)
-
-    # exactly the inputs predicting codes 0..15 (the prompt's last token, then codes 0..14) get source code i's hint
-    seq, ref = model.embed(cond, codes[:, :-1]), plain.embed(cond, codes[:, :-1])
-    source = cond.source_codes.view(4, 16)
-    with torch.no_grad():
-        hint = model.source_hint(model.vq.embed(source))                                  # (4, 16, D)
-    t = cond.input_ids.shape[1] - 1
-    torch.testing.assert_close(seq.embeds[:, t:] - ref.embeds[:, t:], hint, atol=1e-6, rtol=0)
-    assert torch.equal(seq.embeds[:, :t], ref.embeds[:, :t])
-
-    # rows without a source (T2I rows of a mixed batch) get none
-    vq_slots = cond.input_ids == model.special.vision_pad
-    vq_slots[1] = False
-    only_first = Condition(cond.input_ids, cond.null_ids, cond.attention_mask, source[[0, 2, 3]].flatten())
-    hints = model.source_hints(only_first, vq_slots)
-    assert torch.equal(hints[1], torch.zeros_like(hints[1])) and torch.allclose(hints[0], hint[0])
-    tok, sp = model.base.tokenizer, model.special
-    assert model.embed(Condition.from_rows([t2i_row(tok, sp, "a red cube")], sp.end_of_text)).source_hints is None
-
-
 # -----------------------------------------------------------------------------
 # Training
 

@@ -92,9 +92,6 @@ def stage_cases(tiny_base_dir, star_vq_dir, dataset, gen_export):
         "generation-frozen-adapter": ({**gen, "train_adapter": False}, ("stacks.0", "head"),
                                       ("base", "vq", "adapter")),
         "editing": ({**gen, "init": str(gen_export)}, ("stacks.0", "adapter", "head"), ("base", "vq")),
-        "editing-source-hint": ({**gen, "init": str(gen_export), "edit_source_hint": True,
-                                 "edit_code_positions": "source"},
-                                ("stacks.0", "adapter", "head", "source_hint"), ("base", "vq")),
         "editing-new-stack": ({**gen, "init": str(gen_export), "new_stack": True, "stack_layers": 1,
                                "train_adapter": False},
                               ("stacks.1", "head"), ("base", "vq", "stacks.0", "adapter")),
@@ -103,7 +100,7 @@ def stage_cases(tiny_base_dir, star_vq_dir, dataset, gen_export):
 
 @pytest.mark.parametrize("case", ["understanding", "understanding-freeze-layers", "vq", "vq-dictionary-warmup",
                                   "generation",
-                                  "generation-frozen-adapter", "editing", "editing-source-hint",
+                                  "generation-frozen-adapter", "editing",
                                   "editing-new-stack"])
 def test_stage_declares_what_trains_and_a_step_moves_exactly_that(case, tmp_path, tiny_base_dir, star_vq_dir,
                                                                    dataset, gen_export):

@@ -87,9 +87,6 @@ class GenerationOptions:
     """Longest prompt (chat template included); longer samples are skipped and counted."""
     edit_code_positions: str = "continue"
     """Positions of an edit's target codes (STARConfig.edit_code_positions): "continue" (upstream) or "source"."""
-    edit_source_hint: bool = False
-    """Editing: the input predicting each target code also gets the source's code in that cell, through a
-    zero-initialised linear map that trains with the stage (STARConfig.edit_source_hint; not upstream)."""
     edit_vit_min_tokens: int | None = None
     """Editing: fewest ViT tokens of the source image (STARConfig.edit_vit_min_tokens)."""
     edit_vit_max_tokens: int | None = None
@@ -360,10 +357,9 @@ class GenerationStage:
                              f"understanding stage's export)")
         return opts
 
-    def declare(self, n_stacks: int, train_adapter: bool, source_hint: bool = False) -> None:
+    def declare(self, n_stacks: int, train_adapter: bool) -> None:
         top = f"stacks.{n_stacks - 1}"
-        self.trainable = ((top, "adapter", "head") if train_adapter else (top, "head")) + (
-            ("source_hint",) if source_hint else ())
+        self.trainable = (top, "adapter", "head") if train_adapter else (top, "head")
         self.frozen = ("base", "vq", *(f"stacks.{i}" for i in range(n_stacks - 1)),
                        *(() if train_adapter else ("adapter",)))
 
@@ -383,7 +379,7 @@ class GenerationStage:
         vq = load_vq(opts.vq, device=device)
         paths = dict(base=str(Path(opts.base).resolve()), vq=vq_folder(opts.vq))
         settings = dict(cfg_dropout=opts.cfg_dropout, max_prompt_tokens=opts.max_prompt_tokens,
-                        edit_code_positions=opts.edit_code_positions, edit_source_hint=opts.edit_source_hint,
+                        edit_code_positions=opts.edit_code_positions,
                         edit_vit_min_tokens=opts.edit_vit_min_tokens, edit_vit_max_tokens=opts.edit_vit_max_tokens,
                         understand_vit_max_tokens=opts.understand_vit_max_tokens)
         if opts.init:
@@ -408,15 +404,11 @@ class GenerationStage:
                 edit_sampling=SamplingConfig(**opts.edit_sampling) if opts.edit_sampling else None)
         model = STAR(star_config, base, vq)
         if opts.init:
-            state = load_file(str(Path(opts.init) / "model.safetensors"))
-            if model.source_hint is not None and "source_hint.weight" not in state:
-                print(f"source_hint: new in this stage, zero-initialised ({opts.init} has none)")
-                state["source_hint.weight"] = model.source_hint.weight.detach().clone()
-            load_trainable(model, state, str(opts.init))
+            load_trainable(model, load_file(str(Path(opts.init) / "model.safetensors")), str(opts.init))
         if opts.new_stack:
             model.add_stack(StackedARConfig(num_layers=opts.stack_layers, init=opts.stack_init))
         n = len(model.stacks)
-        self.declare(n, opts.train_adapter, model.source_hint is not None)
+        self.declare(n, opts.train_adapter)
         for name in self.trainable:                 # trainable weights are fp32 master weights (autocast does bf16)
             model.get_submodule(name).float().requires_grad_(True)
         for name in self.frozen:
