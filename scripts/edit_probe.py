@@ -1,0 +1,68 @@
+"""Where does a STAR edit model go wrong? Teacher-forced code accuracy on ShapeImgEdit items, per edit type, split into
+the cells an edit keeps (target code = source code) and the cells it changes.
+
+    python scripts/edit_probe.py --model runs/shapes/model [--split train|eval] [--n 200] [--seed 7]
+
+Items are `star.shapes.edits.imgedit_items` of the split (ImgEdit's type proportions; "eval" is the benchmark's
+split, with its held-out combinations); conditions are built by the pipeline, as `star edit` builds them, and the
+targets are the exact renders encoded by the model's own tokenizer. No prompt dropout, no sampling: a cell counts
+as right when the argmax code given the true prefix is the target's code. Comparing the two splits separates
+"does not generalise" (train high, eval low) from "has not learnt the edit" (both low).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="STAR model folder (default: the shipped model)")
+    p.add_argument("--split", choices=("train", "eval"), default="eval")
+    p.add_argument("--n", type=int, default=200, help="items (default 200)")
+    p.add_argument("--seed", type=int, default=7, help="item seed (default 7; the benchmark uses 0)")
+    p.add_argument("--batch-size", type=int, default=16)
+    args = p.parse_args()
+
+    import torch
+
+    from star.commands import DEFAULT_MODEL
+    from star.model import STAR
+    from star.pipeline import STARPipeline
+    from star.shapes.edits import imgedit_items, render_target
+    from star.shapes.render import render
+
+    model = STAR.from_pretrained(args.model or DEFAULT_MODEL).eval()
+    pipe = STARPipeline(model)
+    res = model.vq.config.resolution
+    items = imgedit_items(args.n, seed=args.seed, split=args.split)
+    counts: dict[str, list[int]] = {}                      # type: [kept right, kept, changed right, changed]
+    for start in range(0, len(items), args.batch_size):
+        chunk = items[start:start + args.batch_size]
+        cond = pipe.edit_condition([render(it.source, res) for it in chunk], [it.instruction for it in chunk])
+        with torch.no_grad():
+            target = pipe._encode_vq([render_target(it, res) for it in chunk])                  # (b, N)
+            logits = model(cond, target, drop_prompt=torch.zeros(len(chunk), dtype=torch.bool)).logits
+        right = logits.argmax(-1) == target                                                      # (b, N)
+        kept = target == cond.source_codes.view(len(chunk), -1)                                  # (b, N)
+        for item, r, k in zip(chunk, right, kept):
+            c = counts.setdefault(item.edit_type, [0, 0, 0, 0])
+            for i, n in enumerate((r[k].sum(), k.sum(), r[~k].sum(), (~k).sum())):
+                c[i] += int(n)
+    total = [sum(c[i] for c in counts.values()) for i in range(4)]
+    print(f"model {args.model or DEFAULT_MODEL}, split {args.split}, {len(items)} items (seed {args.seed})")
+    print("| edit type | kept cells: accuracy (cells) | changed cells: accuracy (cells) |\n|---|---|---|")
+    for name, c in sorted(counts.items()) + [("all", total)]:
+        kept = f"{c[0] / c[1]:.3f} ({c[1]})" if c[1] else "- (0)"
+        changed = f"{c[2] / c[3]:.3f} ({c[3]})" if c[3] else "- (0)"
+        print(f"| {name} | {kept} | {changed} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
