@@ -6,8 +6,9 @@ The run must have been trained with `snapshot_every` (the `shapes` recipe snapsh
 RUN/snapshots/step_N/ and the final RUN/export/ is scored with `star eval shapes --suite geneval --model FOLDER
 --out OUT/step_N --limit L --images-per-prompt K` (printed before it starts; resumable). Training minutes at step N
 are the summed step times from RUN/log.jsonl (batch_size / samples_per_s per step: compute only, no checkpointing or
-evaluation, and correct across resumes). With --watch the script waits for new snapshots until the export appears,
-so it can run beside the training on the other core. Writes OUT/curve.json, OUT/curve.md and OUT/curve.png.
+evaluation, and correct across resumes; a step over 10x the median, a suspended process, counts as the median).
+With --watch the script waits for new snapshots until the export appears, so it can run beside the training on the
+other core. Writes OUT/curve.json, OUT/curve.md and OUT/curve.png.
 """
 
 from __future__ import annotations
@@ -27,9 +28,15 @@ def training_minutes(run: Path) -> dict[int, float]:
     for line in (run / "log.jsonl").read_text().splitlines():
         r = json.loads(line)
         per_step[r["step"]] = config["batch_size"] / r["samples_per_s"]
+    # a step over 10x the median was suspended (SIGSTOP, a laptop lid): it counts as the median, and says so
+    median = sorted(per_step.values())[len(per_step) // 2] if per_step else 0.0
+    paused = {s: t for s, t in per_step.items() if t > 10 * median}
+    if paused:
+        print(f"{run}: {len(paused)} step(s) took over 10x the median {median:.2f} s (steps {sorted(paused)}, "
+              f"{sum(paused.values()) / 60:.1f} min in all); each counts as the median")
     total, out = 0.0, {}
     for step in sorted(per_step):
-        total += per_step[step]
+        total += median if step in paused else per_step[step]
         out[step] = total / 60
     return out
 
