@@ -21,24 +21,21 @@ import time
 from pathlib import Path
 
 
-def training_minutes(run: Path) -> dict[int, float]:
-    """step -> minutes of training up to and including it (the last record of a step wins after a resume)."""
+def training_minutes(run: Path) -> tuple[dict[int, float], list[int]]:
+    """(step -> minutes of training up to and including it, suspended steps); the last record of a step wins after a
+    resume, and a step over 10x the median (SIGSTOP, a laptop lid) counts as the median."""
     config = json.loads((run / "config.json").read_text())
     per_step: dict[int, float] = {}
     for line in (run / "log.jsonl").read_text().splitlines():
         r = json.loads(line)
         per_step[r["step"]] = config["batch_size"] / r["samples_per_s"]
-    # a step over 10x the median was suspended (SIGSTOP, a laptop lid): it counts as the median, and says so
     median = sorted(per_step.values())[len(per_step) // 2] if per_step else 0.0
-    paused = {s: t for s, t in per_step.items() if t > 10 * median}
-    if paused:
-        print(f"{run}: {len(paused)} step(s) took over 10x the median {median:.2f} s (steps {sorted(paused)}, "
-              f"{sum(paused.values()) / 60:.1f} min in all); each counts as the median")
+    paused = sorted(s for s, t in per_step.items() if t > 10 * median)
     total, out = 0.0, {}
     for step in sorted(per_step):
         total += median if step in paused else per_step[step]
         out[step] = total / 60
-    return out
+    return out, paused
 
 
 def points(run: Path) -> list[tuple[int, Path]]:
@@ -109,7 +106,7 @@ def main() -> int:
                 print("+", " ".join(cmd), flush=True)
                 subprocess.run(cmd, check=True)
             summary = json.loads((dest / "summary.json").read_text())
-            rows[step] = {"step": step, "minutes": training_minutes(run)[step], "overall": summary["overall"],
+            rows[step] = {"step": step, "minutes": training_minutes(run)[0][step], "overall": summary["overall"],
                           "heldout": summary["heldout"]["overall"], "tasks": summary["tasks"],
                           "model": str(folder)}
             write_curve([rows[s] for s in sorted(rows)], out)
@@ -117,6 +114,9 @@ def main() -> int:
         if not args.watch or (run / "export" / "config.json").is_file() and all(s in rows for s, _ in points(run)):
             break
         time.sleep(args.poll)
+    paused = training_minutes(run)[1]
+    if paused:
+        print(f"steps {paused} took over 10x the median step time (a suspended process): each counted as the median")
     print(f"wrote {out / 'curve.md'}, curve.json, curve.png ({len(rows)} points)")
     return 0
 
