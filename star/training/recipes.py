@@ -172,8 +172,9 @@ BASE_LAYER = 2
 def shapes(out: str = "runs/shapes") -> Recipe:
     """The shipped ShapeWorld model (<= 150 min on 2 CPU cores; sizes justified in docs/training.md).
 
-    Measured end to end alone on the 2-core machine (docs/training.md, `runs/shapes4`, a recipe with the same stage
-    sizes): ~75 min; at one thread beside another job about twice that. The second understanding entry
+    Its stages measured alone on the 2-core machine sum to ~126 min (docs/training.md: `runs/shapes5` for data,
+    generation and editing, `runs/uF2` for the text entry); at one thread beside another job about twice as slow.
+    The second understanding entry
     (`understanding-text`, 1,000 steps, three quarters text) teaches the facts and implicit reasoning to the base's
     layers from BASE_LAYER up only, so what the stack reads (embeddings, the layers below, ViT) is the image entry's,
     bit for bit; its ShapeVQA rows keep the base answering questions about images (text alone erases that).
