@@ -330,44 +330,6 @@ def test_editing_batches_carry_both_image_views_and_mix_t2i(tmp_path, tiny_base_
     assert row.null_ids.count(stream.special.vision_pad) == 16, "the null row keeps the image blocks"
 
 
-def test_editing_loss_weights_the_cells_an_edit_changes(tmp_path, tiny_base_dir, star_vq_dir, dataset, gen_export):
-    from star.model import Condition
-    from star.training.stage_generation import GenerationStage, encode_images
-
-    stage = GenerationStage("editing")
-    config = stage_config("editing", tmp_path, base=str(tiny_base_dir), vq=str(star_vq_dir), data=str(dataset),
-                          init=str(gen_export), kind_weights={"edit": 0.5, "t2i": 0.5}, changed_cell_weight=4.0)
-    model = stage.build(config, torch.device("cpu"), torch.float32).eval()
-    stream = stage.batches(config, 0, 1, 0)
-    batch = next(b for b in stream if 0 < b.kinds.count("edit") < len(b.kinds))
-    batch.drop = torch.zeros(len(batch.kinds), dtype=torch.bool)
-    with torch.no_grad():
-        loss, metrics = stage.loss(model, batch)
-    targets = encode_images(model.vq, batch.targets, torch.device("cpu"))                 # (b, 16)
-    sources = encode_images(model.vq, batch.sources, torch.device("cpu"))                 # (e, 16)
-    cond = Condition.from_rows(batch.rows, model.special.end_of_text, source_codes=sources,
-                               pixel_values=batch.pixel_values, image_grid_thw=batch.image_grid_thw)
-    with torch.no_grad():
-        logits = model(cond, targets, drop_prompt=batch.drop).logits
-    weight = torch.ones_like(targets, dtype=torch.float)
-    edits = [i for i, k in enumerate(batch.kinds) if k == "edit"]
-    for row, source in zip(edits, sources):
-        weight[row][targets[row] != source] = 4.0
-    assert (weight == 4.0).any(), "the batch's edits change some cells"
-    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
-    torch.testing.assert_close(loss, (ce * weight.flatten()).sum() / weight.sum(), rtol=1e-5, atol=1e-6)
-    assert metrics["changed_cells"] == float((weight == 4.0).sum())
-    right = (logits.argmax(-1) == targets)[weight == 4.0]
-    assert metrics["changed_right"] == float(right.sum())
-
-    stage.changed_cell_weight = 1.0                                       # weight 1: the model's own mean loss
-    with torch.no_grad():
-        plain, _ = stage.loss(model, batch)
-    torch.testing.assert_close(plain, F.cross_entropy(logits.flatten(0, 1), targets.flatten()), rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="changed_cell_weight"):
-        stage.options(stage_config("editing", tmp_path, base=str(tiny_base_dir), changed_cell_weight=0.0))
-
-
 # -----------------------------------------------------------------------------
 # star tokenize
 

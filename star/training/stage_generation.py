@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from star.training.config import OptimConfig, TrainConfig, from_dict
@@ -61,10 +60,6 @@ class GenerationOptions:
     """Dataset(s): a path, a list of paths, or [{path, kinds, weight}] (star-records, docs/data_format.md)."""
     kind_weights: dict[str, float] = field(default_factory=dict)
     """Share of each record kind in the stream, e.g. {"edit": 0.7, "t2i": 0.3}; empty = equal shares."""
-    changed_cell_weight: float = 1.0
-    """Loss weight of an edit's target codes that differ from the source's code in the same cell (kept cells and T2I
-    codes weigh 1; the loss is the weighted mean). A local edit changes ~5 % of the cells, so with weight 1 nearly
-    all of an edit's loss is copying; > 1 puts the gradient where the instruction matters."""
     init: str | None = None
     """STAR folder to continue from (its stacks, adapter, head); None = a new stack copied from the base."""
     stack_layers: int = 4
@@ -112,8 +107,6 @@ class GenerationOptions:
         if self.new_stack and not self.init:
             raise ValueError("stage_options.new_stack=true stacks a module on an existing model: set "
                              "stage_options.init to a STAR folder (e.g. the generation stage's export)")
-        if self.changed_cell_weight <= 0:
-            raise ValueError(f"stage_options.changed_cell_weight must be > 0, got {self.changed_cell_weight}")
         for k, w in self.kind_weights.items():
             if k not in ("t2i", "edit") or w < 0:
                 raise ValueError(f"stage_options.kind_weights: kinds are t2i / edit with weights >= 0, got {k}={w}")
@@ -344,7 +337,6 @@ class GenerationStage:
         # Declared for the default build (one stack, adapter trains); `build` refines it from the options.
         self.trainable: tuple[str, ...] = ("stacks.0", "adapter", "head")
         self.frozen: tuple[str, ...] = ("base", "vq")
-        self.changed_cell_weight = 1.0              # stage_options.changed_cell_weight, set by `build`
 
     def default_config(self) -> TrainConfig:
         options = {"kind_weights": {"edit": 0.7, "t2i": 0.3}} if self.name == "editing" else {}
@@ -381,7 +373,6 @@ class GenerationStage:
         from star.vq import load_vq
 
         opts = self.options(config)
-        self.changed_cell_weight = opts.changed_cell_weight
         if self.name == "editing" and not opts.init:
             print("note: editing without stage_options.init trains a new stack, adapter and head from scratch")
         base = FrozenBase.from_pretrained(opts.base, device=device, dtype=dtype)
@@ -438,24 +429,10 @@ class GenerationStage:
         cond = Condition.from_rows(batch.rows, core.special.end_of_text, source_codes=sources,
                                    pixel_values=batch.pixel_values, image_grid_thw=batch.image_grid_thw, device=device)
         out = model(cond, targets, drop_prompt=batch.drop.to(device))
-        changed = torch.zeros_like(targets, dtype=torch.bool)          # (b, N) edit target codes != source codes
-        if sources is not None:
-            edit_rows = torch.tensor([k == "edit" for k in batch.kinds], device=device)              # (b,)
-            changed[edit_rows] = targets[edit_rows] != sources.view(-1, targets.shape[1])
-        loss = out.loss
-        if self.changed_cell_weight != 1.0:
-            w = 1.0 + (self.changed_cell_weight - 1.0) * changed.flatten().float()                    # (b*N,)
-            ce = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-            loss = (ce * w).sum() / w.sum()
         with torch.no_grad():
-            right = out.logits.argmax(-1) == targets                                                 # (b, N)
-            accuracy = right.float().mean().item()
-        # editing logs its changed cells (sums; accuracy = right / cells), the same keys on every rank and step
-        extra = {"changed_cells": float(changed.sum()), "changed_right": float(right[changed].sum())} if (
-            self.name == "editing") else {}
+            accuracy = (out.logits.argmax(-1) == targets).float().mean().item()
         prompt_tokens = int(cond.attention_mask.sum())
-        return loss, {
-            **extra,
+        return out.loss, {
             "tokens": float(prompt_tokens + targets.numel()),
             "image_tokens": float(targets.numel()),
             "code_accuracy": accuracy,
