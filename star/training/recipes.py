@@ -199,7 +199,7 @@ def shapes(out: str = "runs/shapes") -> Recipe:
             "understanding": DatasetSpec(kinds={"vqa": 24_000, "caption": 3_000, "text_qa": 1_500}, seed=101,
                                          wise_reasoning=3_000),
             "t2i": DatasetSpec(kinds={"t2i": 40_000}, seed=102, tokenize=True),
-            "edit": DatasetSpec(kinds={"edit": 4_000}, seed=103, tokenize=True),
+            "edit": DatasetSpec(kinds={"edit": 24_000}, seed=103, tokenize=True),
             "vq": DatasetSpec(kinds={"t2i": 3_000, "edit": 1_000}, seed=104),
         },
         stages=[
@@ -228,7 +228,7 @@ def shapes(out: str = "runs/shapes") -> Recipe:
                                    base_layer=BASE_LAYER, sampling=sampling, edit_sampling=edit_sampling)),
                         ("t2i",)),
             RecipeStage("editing", _config(
-                "editing", o, steps=900, batch_size=32, checkpoint_every=50, ema_decay=0.995,
+                "editing", o, steps=1_200, batch_size=32, checkpoint_every=50, snapshot_every=300, ema_decay=0.995,
                 optim=dict(lr=1e-3, min_lr=1e-4, warmup_steps=50, weight_decay=0.05),
                 stage_options=dict(base=str(o / "base"), vq=str(o / "vq"), init=str(o / "generation" / "export"),
                                    data=[str(o / "data" / "edit"), str(o / "data" / "t2i")],
