@@ -58,11 +58,17 @@ class AdapterConfig:
     """Output width: the base's hidden size."""
     depth: int = 2
     """Linear layers (upstream: 2 on 3B, 4 on 7B); GELU between consecutive ones."""
+    grid_cells: int = 0
+    """Codes per image that get a learned embedding of their grid cell (row-major index), added to the adapter's
+    output: the 2-D position that the 1-D RoPE of the code sequence does not give. 0 = none (upstream). The table
+    starts at zero, so a model gains it without changing its output."""
 
     def __post_init__(self):
         for name in ("code_dim", "hidden_size", "depth"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"adapter.{name} must be > 0, got {getattr(self, name)}")
+        if self.grid_cells < 0:
+            raise ValueError(f"adapter.grid_cells must be >= 0 (0 = no cell embedding), got {self.grid_cells}")
 
 
 @dataclass(kw_only=True)

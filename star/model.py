@@ -5,7 +5,7 @@ Data flow:
     Condition (chat.Row ids, padded) ─▶ embed ─▶ Sequence (embeds (B, T, D), attention_mask, position_ids (3, B, T))
         text ids ─▶ base.embed_text;  <|vision_pad|> slots ◀─ adapter(vq.embed(source codes));  <|image_pad|> slots
         ◀─ base.embed_images (ViT);  positions ◀─ base.position_ids (1-D for T2I, Qwen's 3-D rope index for editing)
-        image codes to feed (teacher forcing, or one per decode step) are appended: adapter(vq.embed(codes)),
+        image codes to feed (teacher forcing, or one per decode step) are appended: adapter(vq.embed(codes), cells),
         1-D positions continuing after the prompt (edits with config.edit_code_positions="source": after the source)
     Sequence ─▶ base (all layers + final norm; or up to config.base_layer) ─▶ stacked AR module(s) ─▶ head ─▶ code
     logits (B, ·, K)
@@ -102,6 +102,7 @@ class DecodeState:
     caches: list             # [base cache, stack 0 cache, ...], transformers DynamicCache, updated in place
     attention_mask: Tensor   # (R, T_so_far)
     next_position: Tensor    # (R,)
+    codes_fed: int = 0       # image codes appended so far (the next one's grid cell)
 
 
 @dataclass
@@ -125,6 +126,10 @@ class STAR(nn.Module):
             raise ValueError(f"the VQ has {vq.config.codebook_size} codes but the pixel head predicts "
                              f"{config.head.codebook_size}; load the VQ this model was trained with "
                              f"(or set head.codebook_size = {vq.config.codebook_size} for a new model)")
+        side = vq.config.resolution // vq.config.downsample
+        if config.adapter.grid_cells not in (0, side * side):
+            raise ValueError(f"adapter.grid_cells={config.adapter.grid_cells}, but the VQ's images have {side}x{side} "
+                             f"= {side * side} codes; set it to {side * side} (or 0 for no cell embedding)")
         if vq.config.code_dim != config.adapter.code_dim:
             raise ValueError(f"the VQ's code vectors have {vq.config.code_dim} dims but the pixel adapter takes "
                              f"{config.adapter.code_dim}; load the VQ this model was trained with "
@@ -172,9 +177,14 @@ class STAR(nn.Module):
         return {k: v for k, v in self.state_dict().items() if k.startswith(("stacks.", "adapter.", "head."))}
 
     # --- the single sequence builder -------------------------------------------
-    def embed_codes(self, codes: Tensor) -> Tensor:
-        """(B, N) codes -> (B, N, D): adapter(vq.embed(codes)), the input embedding of image codes."""
-        return self.adapter(self.vq.embed(codes))
+    def embed_codes(self, codes: Tensor, first_cell: int = 0) -> Tensor:
+        """(B, N) codes -> (B, N, D): adapter(vq.embed(codes)), the input embedding of image codes. Code j sits in
+        grid cell (first_cell + j) mod the image's cells (used by an adapter with a cell embedding)."""
+        cells = None
+        if self.config.adapter.grid_cells:
+            cells = (first_cell + torch.arange(codes.shape[1], device=codes.device)) % self.num_image_tokens
+            cells = cells.expand_as(codes)                                             # (B, N)
+        return self.adapter(self.vq.embed(codes), cells)
 
     def embed(self, cond: Condition, codes: Tensor | None = None) -> Sequence:
         """Condition (+ image codes to append) -> Sequence. Used by training, prefill and the parity tests."""
@@ -257,8 +267,8 @@ class STAR(nn.Module):
         r = codes.shape[0]
         mask = torch.cat([state.attention_mask, state.attention_mask.new_ones(r, 1)], dim=1)   # (R, T + 1)
         positions = state.next_position.view(1, r, 1).expand(3, r, 1)                          # (3, R, 1)
-        seq = Sequence(self.embed_codes(codes[:, None]), mask, positions, state.next_position + 1)
-        state = DecodeState(state.caches, mask, seq.next_position)
+        seq = Sequence(self.embed_codes(codes[:, None], state.codes_fed), mask, positions, state.next_position + 1)
+        state = DecodeState(state.caches, mask, seq.next_position, state.codes_fed + 1)
         return self.head(self.hidden_states(seq, state)[:, -1]), state
 
     # --- persistence (star.checkpoint) ------------------------------------------

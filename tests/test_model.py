@@ -212,6 +212,39 @@ def test_edit_code_positions_source_puts_each_target_code_at_one_distance_from_i
                                                                       ).sum(), "instructions of different lengths"
 
 
+def test_cell_embedding_gives_every_code_its_grid_cell_in_training_and_decoding(make_star):
+    grid = dict(code_dim=8, hidden_size=64, depth=2, grid_cells=16)
+    plain, model = make_star(), make_star(adapter=grid)
+    state = plain.state_dict()
+    model.load_state_dict({**state, "adapter.cells.weight": model.adapter.cells.weight})    # same weights + table
+    assert torch.count_nonzero(model.adapter.cells.weight) == 0, "the table starts at zero"
+    pipe = STARPipeline(model)
+    t2i = Condition.from_rows([t2i_row(model.base.tokenizer, model.special, "a red cube")],
+                              model.special.end_of_text).with_null()
+    edit = pipe.edit_condition([rgb(0), rgb(1)], ["make the cube blue", "remove the ball"]).with_null()
+    codes = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(full_logits(model, edit, codes), full_logits(plain, edit, codes), atol=0, rtol=0)
+
+    with torch.no_grad():
+        model.adapter.cells.weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(5))
+    for cond, rows in ((t2i, 2), (edit, 4)):
+        cached, _ = step_logits(model, cond, codes[:rows])       # each decode step must know its code's cell
+        torch.testing.assert_close(cached, full_logits(model, cond, codes[:rows]), atol=ATOL, rtol=0)
+        assert not torch.allclose(cached, full_logits(plain, cond, codes[:rows]), atol=1e-3), "the cells matter"
+    # the same code in two cells enters the base as two different vectors; source code j is in cell j, as target j
+    same = torch.full((1, 16), 7)
+    vectors = model.embed_codes(same)[0]                                                     # (16, D)
+    assert not torch.allclose(vectors[0], vectors[1])
+    seq = model.embed(edit, codes)
+    sources = seq.embeds[0, :-16][edit.input_ids[0] == model.special.vision_pad]             # (16, D)
+    expected = model.embed_codes(edit.source_codes[:1])[0]
+    torch.testing.assert_close(sources, expected, atol=0, rtol=0)
+    assert not torch.equal(model.embed_codes(edit.source_codes[:1, 1:])[0], expected[1:]), "cell j, not j - 1"
+
+    with pytest.raises(ValueError, match="grid_cells=9.*16"):
+        make_star(adapter={**grid, "grid_cells": 9})
+
+
 # -----------------------------------------------------------------------------
 # Training
 

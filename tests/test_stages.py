@@ -329,6 +329,27 @@ def test_editing_batches_carry_both_image_views_and_mix_t2i(tmp_path, tiny_base_
     assert row.ids.count(stream.special.vision_pad) == 16 and row.ids.count(stream.special.image_pad) == vit[2]
     assert row.null_ids.count(stream.special.vision_pad) == 16, "the null row keeps the image blocks"
 
+    # reasoning_suffix: that share of T2I samples is the row implicit reasoning builds from the same prompt
+    from star.chat import reasoning_row, t2i_row
+
+    suffixed = stage.batches(stage_config("editing", tmp_path, base=str(tiny_base_dir), vq=str(star_vq_dir),
+                                          data=str(dataset), kind_weights={"edit": 0.5, "t2i": 0.5},
+                                          reasoning_suffix=0.5), 0, 1, 0)
+    def text(i: int) -> str:
+        k, j = stream.mixture.locate(i)
+        return stream.sources[k].index.records[stream.sources[k].keep[j]]["text"]
+
+    t2i = [i for i in range(200) if stream.sample(i)[0] == "t2i"]
+    rows = [suffixed.sample(i)[1].ids for i in t2i]
+    with_suffix = [ids == reasoning_row(stream.tokenizer, stream.special, text(i), text(i)).ids
+                   for ids, i in zip(rows, t2i)]
+    assert all(ids == t2i_row(stream.tokenizer, stream.special, text(i)).ids
+               for ids, i, w in zip(rows, t2i, with_suffix) if not w), "the rest stay plain"
+    assert 30 < sum(with_suffix) < 70, f"about half of {len(t2i)} T2I samples carry the suffix"
+    with pytest.raises(ValueError, match="reasoning_suffix"):
+        stage.batches(stage_config("editing", tmp_path, base=str(tiny_base_dir), vq=str(star_vq_dir),
+                                   data=str(dataset), reasoning_suffix=1.5), 0, 1, 0)
+
 
 # -----------------------------------------------------------------------------
 # star tokenize

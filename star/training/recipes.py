@@ -224,8 +224,9 @@ def shapes(out: str = "runs/shapes") -> Recipe:
                 "generation", o, steps=4_800, batch_size=32, checkpoint_every=200, snapshot_every=400, ema_decay=0.999,
                 optim=dict(lr=1e-3, min_lr=1e-4, warmup_steps=100, weight_decay=0.05),
                 stage_options=dict(base=str(o / "base"), vq=str(o / "vq"), data=[str(o / "data" / "t2i")],
-                                   stack_layers=4, adapter_depth=2, train_adapter=True, cfg_dropout=0.1,
-                                   base_layer=BASE_LAYER, sampling=sampling, edit_sampling=edit_sampling)),
+                                   stack_layers=4, adapter_depth=2, cell_embedding=True, train_adapter=True,
+                                   cfg_dropout=0.1, base_layer=BASE_LAYER, sampling=sampling,
+                                   edit_sampling=edit_sampling)),
                         ("t2i",)),
             RecipeStage("editing", _config(
                 "editing", o, steps=1_200, batch_size=32, checkpoint_every=50, snapshot_every=300, ema_decay=0.995,
@@ -233,8 +234,8 @@ def shapes(out: str = "runs/shapes") -> Recipe:
                 stage_options=dict(base=str(o / "base"), vq=str(o / "vq"), init=str(o / "generation" / "export"),
                                    data=[str(o / "data" / "edit"), str(o / "data" / "t2i")],
                                    kind_weights={"edit": 0.75, "t2i": 0.25}, train_adapter=False,
-                                   edit_code_positions="source", cfg_dropout=0.1, sampling=sampling,
-                                   edit_sampling=edit_sampling)), ("edit", "t2i")),
+                                   edit_code_positions="source", cfg_dropout=0.1, reasoning_suffix=0.5,
+                                   sampling=sampling, edit_sampling=edit_sampling)), ("edit", "t2i")),
         ],
         notes="sizes and measured rates: docs/training.md, 'The shapes recipe'",
     )
@@ -281,14 +282,14 @@ def shapes_quick(out: str = "runs/shapes-quick") -> Recipe:
             RecipeStage("generation", _config(
                 "generation", o, steps=12, batch_size=8, checkpoint_every=6, ema_decay=0.99, optim=quick_optim,
                 stage_options=dict(base=str(o / "base"), vq=str(o / "vq"), data=[str(o / "data" / "t2i")],
-                                   stack_layers=2, base_layer=BASE_LAYER, sampling=sampling,
+                                   stack_layers=2, base_layer=BASE_LAYER, cell_embedding=True, sampling=sampling,
                                    edit_sampling=edit_sampling)), ("t2i",)),
             RecipeStage("editing", _config(
                 "editing", o, steps=8, batch_size=8, checkpoint_every=4, ema_decay=0.99, optim=quick_optim,
                 stage_options=dict(base=str(o / "base"), vq=str(o / "vq"), init=str(o / "generation" / "export"),
                                    data=[str(o / "data" / "edit"), str(o / "data" / "t2i")],
                                    kind_weights={"edit": 0.75, "t2i": 0.25}, train_adapter=False,
-                                   sampling=sampling)), ("edit", "t2i")),
+                                   reasoning_suffix=0.5, sampling=sampling)), ("edit", "t2i")),
         ],
     )
 

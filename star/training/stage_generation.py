@@ -72,6 +72,9 @@ class GenerationOptions:
     continuation from layer k."""
     adapter_depth: int = 2
     """Linear layers of a new pixel adapter (upstream: 2 on 3B, 4 on 7B)."""
+    cell_embedding: bool = False
+    """Give a new pixel adapter a learned embedding of each code's grid cell (AdapterConfig.grid_cells), so the stack
+    knows a code's column, which 1-D positions hide from a small model (not upstream)."""
     new_stack: bool = False
     """Progressive stacking: put a further stack (stack_layers, copied from the base's top) on the init model and
     freeze the earlier stacks."""
@@ -79,6 +82,9 @@ class GenerationOptions:
     """Train the pixel adapter (gradients then pass back through the frozen base); False runs the base graph-free."""
     cfg_dropout: float = 0.1
     """Probability that a sample's prompt is replaced by its CFG null row (drawn from the seed and sample index)."""
+    reasoning_suffix: float = 0.0
+    """Share of T2I samples trained on the row implicit reasoning builds (the prompt + chat.REASONING_SUFFIX, as
+    STARPipeline writes it around the base's answer), so the generator reads such rows as it reads plain prompts."""
     sampling: dict[str, Any] = field(default_factory=dict)
     """Default sampling written into the exported model's config (STARConfig.sampling fields)."""
     edit_sampling: dict[str, Any] = field(default_factory=dict)
@@ -99,6 +105,8 @@ class GenerationOptions:
     def __post_init__(self):
         if not 0.0 <= self.cfg_dropout < 1.0:
             raise ValueError(f"stage_options.cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
+        if not 0.0 <= self.reasoning_suffix <= 1.0:
+            raise ValueError(f"stage_options.reasoning_suffix must be in [0, 1], got {self.reasoning_suffix}")
         for name in ("stack_layers", "adapter_depth", "max_prompt_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"stage_options.{name} must be >= 1, got {getattr(self, name)}")
@@ -240,7 +248,7 @@ class GenerationStream:
 
     def sample(self, i: int) -> tuple | None:
         """(kind, row, target, drop, source, vit) of global sample i, or None (skipped, counted)."""
-        from star.chat import edit_row, t2i_row
+        from star.chat import edit_row, reasoning_row, t2i_row
         from star.data.records import ImageReadError
 
         k, j = self.mixture.locate(i)
@@ -250,6 +258,8 @@ class GenerationStream:
         try:
             if src.kind == "t2i":
                 row = t2i_row(self.tokenizer, self.special, rec["text"])
+                if sample_rng(self.seed, i, 3).random() < self.opts.reasoning_suffix:
+                    row = reasoning_row(self.tokenizer, self.special, rec["text"], rec["text"])
                 source, vit = None, None
                 target = self._image(src, rec["image"])
             else:
@@ -390,6 +400,9 @@ class GenerationStage:
             if opts.sampling:
                 merged["sampling"] = {**merged["sampling"], **opts.sampling}
             star_config = STARConfig.from_dict(merged)
+            if opts.cell_embedding and not star_config.adapter.grid_cells:
+                raise ValueError(f"stage_options.cell_embedding=true, but the init model {init} has an adapter "
+                                 f"without one; it applies to a new adapter (train the generation stage with it)")
         else:
             d = base.hidden_size
             star_config = STARConfig(
@@ -398,7 +411,9 @@ class GenerationStage:
                 stacks=[StackedARConfig(num_layers=opts.stack_layers, init=opts.stack_init, source_layers=(
                     None if opts.base_layer is None or opts.stack_init != "copy"
                     else (opts.base_layer, opts.base_layer + opts.stack_layers)))],
-                adapter=AdapterConfig(code_dim=vq.config.code_dim, hidden_size=d, depth=opts.adapter_depth),
+                adapter=AdapterConfig(code_dim=vq.config.code_dim, hidden_size=d, depth=opts.adapter_depth,
+                                      grid_cells=(vq.config.resolution // vq.config.downsample) ** 2
+                                      if opts.cell_embedding else 0),
                 head=HeadConfig(hidden_size=d, codebook_size=vq.config.codebook_size),
                 sampling=SamplingConfig(**opts.sampling) if opts.sampling else SamplingConfig(),
                 edit_sampling=SamplingConfig(**opts.edit_sampling) if opts.edit_sampling else None)
