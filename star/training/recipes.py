@@ -181,9 +181,14 @@ def shapes(out: str = "runs/shapes") -> Recipe:
     Generation gets the most time because ShapeGenEval is the hardest target (4,800 steps: the third run's curve
     still rose at 2,400); its two-object prompts name the objects in the image's reading order (DatasetSpec
     .phrase_order), so the raster-order generator binds a colour by its place in the prompt. The stack reads base
-    layer 2 (`base_layer`), which makes a generation step ~1.45x cheaper. Editing uses source-aligned code positions
+    layer 2 (`base_layer`), which makes a generation step ~1.45x cheaper. The adapter adds a learned embedding of each
+    code's grid cell (`cell_embedding`): with 1-D positions alone the stack hardly knows a code's column (left/right
+    was drawn at chance) and learnt colour binding ~2x later. Editing uses source-aligned code positions
     (`edit_code_positions="source"`), with which 900 steps at lr 1e-3 edit better and keep text-to-image
-    (docs/training.md). Sampling defaults are those a sweep of the second full run chose (EMA weights;
+    (docs/training.md); it now runs 900 steps at lr 5e-4 on half edits, half T2I, because at lr 1e-3 on a quarter T2I
+    the first few hundred steps broke the placement the cell table had taught (position 0.87 -> 0.58); half of its
+    T2I samples carry the implicit-reasoning suffix (`reasoning_suffix`), which the
+    generator otherwise never sees. Sampling defaults are those a sweep of the second full run chose (EMA weights;
     T2I: temperature 0.7, no top-k, CFG 1.5; edits: temperature 1, CFG 3; docs/training.md). The vq stage runs only
     when the shipped tokenizer is missing (then add ~20 min: 2,500 steps with every cell's code fixed by the
     exact-tile dictionary, as the shipped tokenizer was trained).
@@ -229,11 +234,11 @@ def shapes(out: str = "runs/shapes") -> Recipe:
                                    edit_sampling=edit_sampling)),
                         ("t2i",)),
             RecipeStage("editing", _config(
-                "editing", o, steps=1_200, batch_size=32, checkpoint_every=50, snapshot_every=300, ema_decay=0.995,
-                optim=dict(lr=1e-3, min_lr=1e-4, warmup_steps=50, weight_decay=0.05),
+                "editing", o, steps=900, batch_size=32, checkpoint_every=50, snapshot_every=300, ema_decay=0.995,
+                optim=dict(lr=5e-4, min_lr=1e-4, warmup_steps=100, weight_decay=0.05),
                 stage_options=dict(base=str(o / "base"), vq=str(o / "vq"), init=str(o / "generation" / "export"),
                                    data=[str(o / "data" / "edit"), str(o / "data" / "t2i")],
-                                   kind_weights={"edit": 0.75, "t2i": 0.25}, train_adapter=False,
+                                   kind_weights={"edit": 0.5, "t2i": 0.5}, train_adapter=False,
                                    edit_code_positions="source", cfg_dropout=0.1, reasoning_suffix=0.5,
                                    sampling=sampling, edit_sampling=edit_sampling)), ("edit", "t2i")),
         ],
