@@ -29,7 +29,7 @@ class PixelAdapter(nn.Module):
         """(..., code_dim) -> (..., hidden_size), in the adapter's dtype. `cells` (...) holds each code's grid cell
         (row-major index); it is needed exactly when the adapter has a cell embedding."""
         out = self.layers(vectors.to(self.layers[0].weight.dtype))
-        if (cells is None) != (not self.config.grid_cells):
+        if (cells is not None) != bool(self.config.grid_cells):
             raise ValueError(f"adapter.grid_cells={self.config.grid_cells}: pass each code's cell index exactly when "
                              f"it is > 0 (got cells={'None' if cells is None else tuple(cells.shape)})")
         return out if cells is None else out + self.cells(cells)

@@ -126,10 +126,6 @@ class STAR(nn.Module):
             raise ValueError(f"the VQ has {vq.config.codebook_size} codes but the pixel head predicts "
                              f"{config.head.codebook_size}; load the VQ this model was trained with "
                              f"(or set head.codebook_size = {vq.config.codebook_size} for a new model)")
-        side = vq.config.resolution // vq.config.downsample
-        if config.adapter.grid_cells not in (0, side * side):
-            raise ValueError(f"adapter.grid_cells={config.adapter.grid_cells}, but the VQ's images have {side}x{side} "
-                             f"= {side * side} codes; set it to {side * side} (or 0 for no cell embedding)")
         if vq.config.code_dim != config.adapter.code_dim:
             raise ValueError(f"the VQ's code vectors have {vq.config.code_dim} dims but the pixel adapter takes "
                              f"{config.adapter.code_dim}; load the VQ this model was trained with "
@@ -140,6 +136,10 @@ class STAR(nn.Module):
         self.config = config
         self.base = base
         self.vq = vq.requires_grad_(False).eval()
+        if config.adapter.grid_cells not in (0, self.num_image_tokens):
+            (h, w), n = self.image_grid, self.num_image_tokens
+            raise ValueError(f"adapter.grid_cells={config.adapter.grid_cells}, but the VQ's images have {h}x{w} = {n} "
+                             f"codes; set it to {n} (or 0 for no cell embedding)")
         self.stacks = nn.ModuleList([StackedAR.from_base(base, c) for c in config.stacks])
         for earlier in self.stacks[:-1]:
             earlier.requires_grad_(False)
