@@ -4,9 +4,12 @@ Every dataset here yields float tensors (3, R, R) in [-1, 1] (the project's imag
 `DistributedSampler` shards it across ranks. `open_image_dataset(spec, resolution)` picks the reader from a string:
 
     "shapeworld"            ShapeWorld scenes rendered on the fly (aligned world, training seed), 1,000,000 indices
-    "shapeworld:N:SEED:V:C" N scenes from sampler seed SEED (scene i is the same everywhere), a fraction V of them
-                            varied (other backgrounds, sizes, hollow; default 0.2), the rest default scenes; C = all
-                            (default: every colour-class pair, held-out ones included) or train (the train split only)
+    "shapeworld:N:SEED:V:C:E"
+                            N scenes from sampler seed SEED (scene i is the same everywhere), a fraction V of them
+                            varied (other backgrounds, sizes, hollow; default 0.2), a fraction E edit targets (what
+                            ShapeImgEdit asks a model to draw: outlines, objects on pure white, moved and resized
+                            objects; default 0), the rest default scenes; C = all (default: every colour-class pair,
+                            held-out ones included) or train (the train split only)
     DIR with manifest.json  a star-records dataset (star.data.records; also a single .jsonl shard): its images
     DIR                     every image file under DIR, recursively (png, jpg, jpeg, webp, bmp, gif, tif, tiff)
     FILE.txt                one image path per line (relative paths are relative to the list file)
@@ -114,16 +117,19 @@ class ShapeWorldDataset(Dataset):
     """ShapeWorld scenes rendered on the fly; index i always gives the same scene (seeded by (seed, i))."""
 
     def __init__(self, size: int = 1_000_000, resolution: int | None = None, seed: int = SHAPEWORLD_TRAIN_SEED,
-                 aligned: bool = True, varied: float = 0.2, combos: str = "all", cache: bool | None = None):
+                 aligned: bool = True, varied: float = 0.2, combos: str = "all", cache: bool | None = None,
+                 edits: float = 0.0):
         from star.shapes import vocab
 
         if size <= 0:
             raise ValueError(f"ShapeWorldDataset size must be > 0, got {size}")
         if not 0.0 <= varied <= 1.0:
             raise ValueError(f"ShapeWorldDataset varied must be in [0, 1], got {varied}")
+        if not 0.0 <= edits <= 1.0 - varied:
+            raise ValueError(f"ShapeWorldDataset edits must be in [0, 1 - varied] = [0, {1 - varied:g}], got {edits}")
         if combos not in ("all", "train"):
             raise ValueError(f"ShapeWorldDataset combos must be 'all' or 'train', got {combos!r}")
-        self.size, self.seed, self.aligned, self.varied = size, seed, aligned, varied
+        self.size, self.seed, self.aligned, self.varied, self.edits = size, seed, aligned, varied, edits
         # A tokenizer must draw every colour-class pair: the held-out split tests what the generator learns to say,
         # not what the codec can draw (the ShapeGenEval ceiling includes held-out prompts). "train" excludes them.
         self.split = "eval" if combos == "all" else "train"
@@ -134,6 +140,17 @@ class ShapeWorldDataset(Dataset):
 
     def __len__(self) -> int:
         return self.size
+
+    def _edit_item(self, i: int, u: float):
+        """The edit whose target is image i, or None when i is not an edit target (`edits` draws: varied <= u <
+        varied + edits). Edit types are drawn uniformly, so the rare ImgEdit types (extract, style) get their share."""
+        if not self.varied <= u < self.varied + self.edits:
+            return None
+        from star.shapes.edits import EDIT_TYPES, random_edit
+
+        rng = np.random.default_rng([self.seed, i, 1])
+        return random_edit(rng, EDIT_TYPES[int(rng.integers(len(EDIT_TYPES)))], aligned=self.aligned,
+                           split=self.split)
 
     def scene(self, i: int):
         """Scene i. A fraction 1 - `varied` are default scenes (1-4 medium objects on gray: what prompts produce);
@@ -148,6 +165,9 @@ class ShapeWorldDataset(Dataset):
 
         rng = np.random.default_rng([self.seed, i])
         u = rng.random()
+        item = self._edit_item(i, u)
+        if item is not None:  # an extract target renders on pure white, not on its scene's background (image(i))
+            return item.target
         if u >= self.varied:
             return random_scene(rng, aligned=self.aligned, split=self.split)
         backgrounds = tuple(vocab.BACKGROUNDS)
@@ -166,8 +186,12 @@ class ShapeWorldDataset(Dataset):
         return random_scene(rng, aligned=self.aligned, split=self.split)
 
     def image(self, i: int) -> Image.Image:
+        from star.shapes.edits import render_target
         from star.shapes.render import render
 
+        item = self._edit_item(i, np.random.default_rng([self.seed, i]).random())
+        if item is not None:
+            return render_target(item, self.resolution)
         return render(self.scene(i), resolution=self.resolution)
 
     def __getitem__(self, i: int) -> Tensor:
@@ -186,10 +210,13 @@ def open_image_dataset(spec: str, resolution: int, crop: Literal["stretch", "cen
             size = int(parts[0]) if parts and parts[0] else 1_000_000
             seed = int(parts[1]) if len(parts) > 1 and parts[1] else SHAPEWORLD_TRAIN_SEED
             varied = float(parts[2]) if len(parts) > 2 and parts[2] else 0.2
-            combos = parts[3] if len(parts) > 3 else "all"
+            combos = parts[3] if len(parts) > 3 and parts[3] else "all"
+            edits = float(parts[4]) if len(parts) > 4 and parts[4] else 0.0
         except ValueError as exc:
-            raise ValueError(f"bad ShapeWorld spec {spec!r}; use shapeworld[:N[:SEED[:VARIED[:all|train]]]]") from exc
-        return ShapeWorldDataset(size=size, resolution=resolution, seed=seed, varied=varied, combos=combos)
+            raise ValueError(f"bad ShapeWorld spec {spec!r}; use "
+                             f"shapeworld[:N[:SEED[:VARIED[:all|train[:EDITS]]]]]") from exc
+        return ShapeWorldDataset(size=size, resolution=resolution, seed=seed, varied=varied, combos=combos,
+                                 edits=edits)
     path = Path(spec)
     if (path.is_dir() and (path / "manifest.json").is_file()) or (path.is_file() and path.suffix == ".jsonl"):
         return ImageFileDataset.from_records(path, resolution, crop)

@@ -13,6 +13,8 @@ Metrics (research/eval.md §6 and §10.6), all per image then averaged unless st
   roundtrip       ShapeWorld only: fraction of scenes whose reconstruction parses back to the scene
                   (`star.shapes.parse.roundtrip_ok`); `roundtrip_oracle` is the same on the originals (the ceiling)
   geneval         ShapeWorld only: ShapeGenEval reference scenes per tag, originals vs reconstructions, and their ratio
+  imgedit         ShapeWorld only: ShapeImgEdit of the ground-truth targets' reconstructions (the originals score
+                  5.0), per edit type and overall: the best score any model drawing with this tokenizer can reach
   rfid            only with --inception PATH (a local TorchScript Inception, e.g. NVIDIA's inception-2015-12-05.pt);
                   otherwise null with a note. Never estimated with other features.
 Outputs: OUT/summary.json and OUT/recon_grid.png (inputs over reconstructions).
@@ -185,13 +187,27 @@ def geneval_roundtrip(model: VQModel, batch_size: int, per_tag: int | None = Non
     return result
 
 
+def imgedit_roundtrip(model: VQModel, batch_size: int, n: int = 200, seed: int = 0) -> dict[str, Any]:
+    """ShapeImgEdit's items (`star.shapes.edits.imgedit_items(n, seed)`, the benchmark's set by default): the
+    ground-truth targets through the tokenizer, scored as edits. Ground truth scores 5.0 on every type, so this is
+    the tokenizer's ceiling on the benchmark: {"overall", "tasks": {type: score}, "items"}."""
+    from star.shapes import edits, imgedit
+
+    items = edits.imgedit_items(n, seed)
+    targets = torch.stack([pil_to_tensor(edits.render_target(it, model.config.resolution)) for it in items])
+    recons, _ = reconstruct(model, targets, batch_size)
+    results = [imgedit.score_item(it, _to_pil(r)) for it, r in zip(items, tensor_to_uint8(recons))]
+    summary = imgedit.summarize(results)
+    return {"overall": summary["overall"], "tasks": summary["types"], "items": len(items)}
+
+
 # -----------------------------------------------------------------------------
 # The evaluation
 
 
 def evaluate(model: VQModel, data: str = "shapeworld", n: int = 500, batch_size: int = 32,
              resolution: int | None = None, inception: str | None = None, geneval: bool = True,
-             geneval_per_tag: int | None = None, images_per_prompt: int = 4,
+             geneval_per_tag: int | None = None, images_per_prompt: int = 4, imgedit_items: int = 200,
              out: Path | None = None) -> dict[str, Any]:
     """Compute the summary dict (see the module docstring); writes summary.json and recon_grid.png when `out`."""
     t0 = time.time()
@@ -203,7 +219,8 @@ def evaluate(model: VQModel, data: str = "shapeworld", n: int = 500, batch_size:
         dataset = ShapeWorldDataset(size=int(parts[0]) if parts and parts[0] else n, resolution=resolution,
                                     seed=int(parts[1]) if len(parts) > 1 and parts[1] else SHAPEWORLD_EVAL_SEED,
                                     varied=float(parts[2]) if len(parts) > 2 and parts[2] else 0.2,
-                                    combos=parts[3] if len(parts) > 3 else "all")
+                                    combos=parts[3] if len(parts) > 3 and parts[3] else "all",
+                                    edits=float(parts[4]) if len(parts) > 4 and parts[4] else 0.0)
     else:
         dataset = open_image_dataset(data, resolution)
     n = min(n, len(dataset))
@@ -264,6 +281,8 @@ def evaluate(model: VQModel, data: str = "shapeworld", n: int = 500, batch_size:
         except ImportError as exc:
             summary["geneval"] = None
             summary["geneval_note"] = f"ShapeGenEval round trip unavailable: {exc}"
+    if is_shapeworld and imgedit_items:
+        summary["imgedit"] = imgedit_roundtrip(model, batch_size, imgedit_items)
     summary["seconds"] = round(time.time() - t0, 1)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -289,6 +308,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--no-geneval", action="store_true", help="skip the ShapeGenEval reference-scene round trip")
     a("--geneval-per-tag", type=int, default=None, help="limit ShapeGenEval prompts per tag")
     a("--images-per-prompt", type=int, default=4, help="ShapeGenEval reference scenes per prompt (GenEval: 4)")
+    a("--imgedit-items", type=int, default=200,
+      help="ShapeImgEdit items whose ground-truth targets are round-tripped (200 = the benchmark; 0 skips)")
     a("--device", default="cpu")
     a("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a shared machine)")
 
@@ -296,16 +317,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.n <= 0 or args.batch_size <= 0 or args.images_per_prompt <= 0:
         raise ValueError("--n, --batch-size and --images-per-prompt must be > 0")
+    if args.imgedit_items < 0:
+        raise ValueError(f"--imgedit-items must be >= 0, got {args.imgedit_items}")
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_vq(args.model, device=args.device)
     summary = evaluate(model, data=args.data, n=args.n, batch_size=args.batch_size, resolution=args.resolution,
                        inception=args.inception, geneval=not args.no_geneval, geneval_per_tag=args.geneval_per_tag,
-                       images_per_prompt=args.images_per_prompt, out=Path(args.out))
+                       images_per_prompt=args.images_per_prompt, imgedit_items=args.imgedit_items,
+                       out=Path(args.out))
     keys = ("psnr", "ssim", "ssim_llamagen", "usage", "perplexity", "roundtrip", "roundtrip_oracle", "rfid")
     print(json.dumps({k: summary.get(k) for k in keys}, indent=2))
     if summary.get("geneval"):
         for tag, v in summary["geneval"].items():
             print(f"  geneval {tag:14s} oracle {v['oracle']:.3f}  recon {v['recon']:.3f}  ratio {v['ratio']:.3f}")
+    if summary.get("imgedit"):
+        ie = summary["imgedit"]
+        print(f"  imgedit ceiling {ie['overall']:.2f} (ground truth 5.00): " +
+              ", ".join(f"{t} {v:.2f}" for t, v in ie["tasks"].items()))
     print(f"wrote {Path(args.out) / 'summary.json'}")
     return 0

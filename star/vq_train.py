@@ -53,7 +53,7 @@ class VQTrainConfig:
     out: str
     """Run folder (checkpoint, log, samples, final model)."""
     data: str = "shapeworld"
-    """Images: 'shapeworld[:N[:SEED]]', a folder (recursive), a record dataset folder or a .txt list."""
+    """Images: 'shapeworld[:N[:SEED[:V[:C[:E]]]]]', a folder (recursive), a record dataset folder or a .txt list."""
     preset: str = "shapes"
     """VQ architecture preset (see star.vq.PRESETS); ignored when `model_config` is given."""
     model_config: str | None = None
@@ -866,7 +866,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = VQTrainConfig(out="")
     a = parser.add_argument
     a("--out", required=True, help="run folder")
-    a("--data", default=d.data, help="shapeworld[:N[:SEED]], an image folder, a record dataset or a .txt list")
+    a("--data", default=d.data,
+      help="shapeworld[:N[:SEED[:V[:C[:E]]]]] (star.image_data), an image folder, a record dataset or a .txt list")
     a("--preset", default=d.preset, choices=sorted(PRESETS), help="VQ architecture preset")
     a("--model-config", default=None, help="VQConfig JSON instead of a preset")
     a("--set", action="append", default=[], metavar="FIELD=VALUE", help="VQConfig override, repeatable")

@@ -381,6 +381,26 @@ def test_tokenize_writes_codes_equal_to_encode_and_refuses_another_vq(tmp_path, 
     (data / "codes.json").write_text(json.dumps(index))
     assert tokenize_dataset(data, star_vq_dir, progress=False)["status"] == "up to date"
 
+    def variant(name: str, prefix: str, **config) -> Path:       # star_vq_dir with one part's weights changed
+        from safetensors.torch import load_file
+
+        state = load_file(str(star_vq_dir / "model.safetensors"))
+        key = next(k for k in sorted(state) if k.startswith(prefix) and state[k].is_floating_point())
+        state[key] = state[key] + 0.5
+        folder = tmp_path / name
+        VQModel(VQConfig(**{**vq.config.to_dict(), **config})).save_pretrained(folder)
+        model = VQModel.from_pretrained(folder)
+        model.load_state_dict(state)
+        model.save_pretrained(folder)
+        return folder
+
+    retrained_decoder = variant("decoder_vq", "decoder.", local_decoder=not vq.config.local_decoder)
+    assert load_codes(data, vq_fingerprint(retrained_decoder)) is not None, "a new decoder gives the same codes"
+    assert tokenize_dataset(data, retrained_decoder, progress=False)["status"] == "up to date"
+    for part in ("encoder.", "quantize."):
+        with pytest.raises(ValueError, match="another tokenizer"):
+            load_codes(data, vq_fingerprint(variant(part.strip("."), part)))
+
     torch.manual_seed(1)
     other = tmp_path / "other_vq"
     VQModel(VQConfig(**TINY_VQ)).save_pretrained(other)

@@ -92,8 +92,37 @@ def test_shipped_shapes_tokenizer_round_trips_scenes(tmp_path):
 
     assert (SHIPPED_SHAPES_DIR / "model.safetensors").is_file(), "the shapes tokenizer ships with the package"
     assert main(["eval", "vq", "--out", str(tmp_path), "--n", "32", "--geneval-per-tag", "4", "--images-per-prompt",
-                 "2", "--threads", "1"]) == 0
+                 "2", "--imgedit-items", "27", "--threads", "1"]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["roundtrip_oracle"] == 1.0 and summary["psnr"] > 45, summary
     assert summary["roundtrip"] >= 0.8, summary
     assert all(v["oracle"] == 1.0 and v["ratio"] >= 0.75 for v in summary["geneval"].values()), summary["geneval"]
+    ceiling = summary["imgedit"]
+    assert ceiling["items"] == 27 and len(ceiling["tasks"]) == 9, ceiling
+    assert all(ceiling["tasks"][t] >= 4.0 for t in ("add", "remove", "replace", "background")), ceiling
+
+
+class _PixelCodec(torch.nn.Module):
+    """A 'tokenizer' whose codes are the pixels themselves (decode = identity), or that decodes everything to gray."""
+
+    def __init__(self, gray: bool = False):
+        super().__init__()
+        self.gray = gray
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.config = type("Config", (), {"resolution": 64})()
+
+    def encode(self, images):
+        return images
+
+    def decode(self, codes):
+        return torch.zeros_like(codes) if self.gray else codes
+
+
+def test_imgedit_roundtrip_is_the_benchmark_score_of_reconstructed_targets():
+    """Ground truth through a lossless codec scores 5 on every type; a codec that draws gray scores the minimum."""
+    lossless = vq_eval.imgedit_roundtrip(_PixelCodec(), batch_size=8, n=18)
+    assert lossless["items"] == 18 and lossless["overall"] == 5.0, lossless
+    assert set(lossless["tasks"]) == {"add", "remove", "replace", "adjust", "background", "style", "extract", "action",
+                                      "compose"} and all(v == 5.0 for v in lossless["tasks"].values()), lossless
+    blank = vq_eval.imgedit_roundtrip(_PixelCodec(gray=True), batch_size=8, n=18)
+    assert blank["overall"] < 1.5, blank

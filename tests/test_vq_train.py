@@ -301,3 +301,26 @@ def test_torchrun_two_processes_ddp_and_fsdp_agree(image_dir, tiny_config, tmp_p
     a, b = weights(tmp_path / "ddp"), weights(tmp_path / "fsdp")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3, msg=lambda m: f"DDP vs FSDP2 differ at {k}: {m}")
+
+
+def test_shapeworld_edit_fraction_draws_edit_targets_and_leaves_other_scenes_alone():
+    """`shapeworld:N:SEED:V:C:E`: a fraction E of the images are ShapeImgEdit targets (outlines, objects on pure
+    white), chosen by the same draw as before, so E = 0 is the old dataset image for image."""
+    from star.image_data import ShapeWorldDataset, open_image_dataset
+
+    plain = ShapeWorldDataset(size=400, resolution=32, seed=3, cache=False)
+    mixed = open_image_dataset("shapeworld:400:3:0.2:all:0.5", 32)
+    assert mixed.edits == 0.5 and mixed.varied == 0.2
+    kinds = [mixed._edit_item(i, np.random.default_rng([3, i]).random()) for i in range(400)]
+    edited = [i for i, item in enumerate(kinds) if item is not None]
+    assert 150 < len(edited) < 250, len(edited)
+    assert {item.edit_type for item in kinds if item is not None} >= {"extract", "style"}
+    for i in range(400):
+        if i not in edited:
+            assert plain.scene(i) == mixed.scene(i), "scenes outside the edit fraction are unchanged"
+    extract = next(i for i in edited if kinds[i].edit_type == "extract")
+    assert (mixed[extract][:, 0, 0] == 1.0).all(), "extract targets are drawn on pure white"
+    style = next(i for i in edited if kinds[i].edit_type == "style")
+    assert all(o.hollow for o in mixed.scene(style).objects)
+    with pytest.raises(ValueError, match="edits must be in"):
+        open_image_dataset("shapeworld:10:0:0.5:all:0.6", 32)

@@ -4,13 +4,16 @@ Training then reads codes instead of decoding and encoding pixels at every step 
 codes live next to the dataset:
 
     DIR/codes.safetensors   {"codes": int32 (N, h, w)}, metadata {"star": "codes", "id": <random id>}
-    DIR/codes.json          {"format": "star-codes-1", "id", "vq": {source, config, config_sha256, weights_sha256},
+    DIR/codes.json          {"format": "star-codes-1", "id",
+                             "vq": {source, config, config_sha256, weights_sha256, codes_sha256},
                              "resolution", "grid": [h, w], "images": {relative image path: row}, "skipped": {...}}
 
 Both files are written to temp names and renamed into place, codes.json last; the shared random `id` ties the pair
 together, so a half-replaced pair is detected and refused. The VQ is fingerprinted by the SHA-256 of its config and of
-its weights file: stages refuse codes made by another tokenizer (`load_codes`), and `star tokenize` refuses to
-overwrite them without --overwrite. Images are preprocessed exactly as star.pipeline encodes an edit source
+its weights file, and (`codes_sha256`) of the weights that decide a code: encoder, quant_conv and codebook. Stages
+refuse codes made by another tokenizer (`load_codes`), and `star tokenize` refuses to overwrite them without
+--overwrite; a tokenizer whose decoder alone was retrained (`star train vq --freeze encoder,quant_conv,quantize`)
+gives the same codes and is accepted. Images are preprocessed exactly as star.pipeline encodes an edit source
 (bilinear resize to the VQ resolution, [-1, 1]), so codes equal `VQModel.encode` of the pipeline's input.
 Corrupt or missing images are skipped and counted (never a crash, never silent); stages then skip their records.
 """
@@ -62,8 +65,28 @@ def resolve_vq_path(spec: str | os.PathLike | None) -> Path:
     return Path(spec)
 
 
+CODE_WEIGHTS = ("encoder.", "quant_conv.", "quantize.")
+"""Parameter prefixes that decide an image's codes (and the code vectors the adapter reads); the rest is decoder."""
+DECODER_FIELDS = ("local_decoder", "decoder_res_blocks", "out_channels")
+"""VQConfig fields that only shape the decoder."""
+
+
+def _codes_sha256(weights: Path) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of the tensors under CODE_WEIGHTS (sorted by name)."""
+    from safetensors import safe_open
+
+    h = hashlib.sha256()
+    with safe_open(str(weights), framework="pt") as f:
+        for name in sorted(k for k in f.keys() if k.startswith(CODE_WEIGHTS)):
+            t = f.get_tensor(name)
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def vq_fingerprint(spec: str | os.PathLike | None) -> dict:
-    """{source, config, config_sha256, weights_sha256} of a trained tokenizer (a folder or an upstream .pt)."""
+    """{source, config, config_sha256, weights_sha256[, codes_sha256]} of a trained tokenizer (a folder, which gets
+    codes_sha256, or an upstream .pt)."""
     from star.vq import VQConfig, preset
 
     path = resolve_vq_path(spec)
@@ -77,19 +100,29 @@ def vq_fingerprint(spec: str | os.PathLike | None) -> dict:
     else:
         raise FileNotFoundError(f"VQ {path} not found (a VQ folder, an upstream VQ-Model.pt, or none = shipped)")
     canonical = json.dumps(config, sort_keys=True).encode()
-    return {"source": str(path), "config": config, "config_sha256": hashlib.sha256(canonical).hexdigest(),
-            "weights_sha256": _file_sha256(weights)}
+    fingerprint = {"source": str(path), "config": config, "config_sha256": hashlib.sha256(canonical).hexdigest(),
+                   "weights_sha256": _file_sha256(weights)}
+    if path.is_dir():
+        fingerprint["codes_sha256"] = _codes_sha256(weights)
+    return fingerprint
 
 
 def same_vq(a: dict, b: dict) -> bool:
-    """Same weights and the same config, read with today's defaults (a field added to VQConfig since the codes were
-    written, at its default value, does not make them stale)."""
+    """Do two tokenizers give the same codes? Same code-deciding weights (`codes_sha256`, when both fingerprints have
+    it; else the whole weights file) and the same config apart from the decoder's fields, read with today's defaults
+    (a field added to VQConfig since the codes were written, at its default value, does not make them stale)."""
     from star.vq import VQConfig
 
-    if a["weights_sha256"] != b["weights_sha256"]:
+    by_codes = bool(a.get("codes_sha256")) and bool(b.get("codes_sha256"))
+    if (a["codes_sha256"] != b["codes_sha256"]) if by_codes else (a["weights_sha256"] != b["weights_sha256"]):
         return False
+
+    def encoder_side(config: dict) -> dict:
+        d = VQConfig.from_dict(config).to_dict()
+        return {k: v for k, v in d.items() if not (by_codes and k in DECODER_FIELDS)}
+
     try:
-        return VQConfig.from_dict(a["config"]).to_dict() == VQConfig.from_dict(b["config"]).to_dict()
+        return encoder_side(a["config"]) == encoder_side(b["config"])
     except (KeyError, TypeError, ValueError):
         return a["config_sha256"] == b["config_sha256"]
 
