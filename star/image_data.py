@@ -202,21 +202,23 @@ class ShapeWorldDataset(Dataset):
         return self.cache[i].float() / 127.5 - 1.0
 
 
+def shapeworld_kwargs(spec: str, size: int = 1_000_000, seed: int = SHAPEWORLD_TRAIN_SEED) -> dict:
+    """ShapeWorldDataset keyword arguments of a 'shapeworld[:N[:SEED[:V[:C[:E]]]]]' spec; empty fields take the
+    given size and seed and the dataset's defaults (varied 0.2, combos all, edits 0)."""
+    parts = spec.split(":")[1:] + [""] * 5
+    try:
+        return dict(size=int(parts[0]) if parts[0] else size, seed=int(parts[1]) if parts[1] else seed,
+                    varied=float(parts[2]) if parts[2] else 0.2, combos=parts[3] or "all",
+                    edits=float(parts[4]) if parts[4] else 0.0)
+    except ValueError as exc:
+        raise ValueError(f"bad ShapeWorld spec {spec!r}; use shapeworld[:N[:SEED[:VARIED[:all|train[:EDITS]]]]]") \
+            from exc
+
+
 def open_image_dataset(spec: str, resolution: int, crop: Literal["stretch", "center"] = "stretch") -> Dataset:
     """Dataset from a spec string (see the module docstring)."""
     if spec == "shapeworld" or spec.startswith("shapeworld:"):
-        parts = spec.split(":")[1:]
-        try:
-            size = int(parts[0]) if parts and parts[0] else 1_000_000
-            seed = int(parts[1]) if len(parts) > 1 and parts[1] else SHAPEWORLD_TRAIN_SEED
-            varied = float(parts[2]) if len(parts) > 2 and parts[2] else 0.2
-            combos = parts[3] if len(parts) > 3 and parts[3] else "all"
-            edits = float(parts[4]) if len(parts) > 4 and parts[4] else 0.0
-        except ValueError as exc:
-            raise ValueError(f"bad ShapeWorld spec {spec!r}; use "
-                             f"shapeworld[:N[:SEED[:VARIED[:all|train[:EDITS]]]]]") from exc
-        return ShapeWorldDataset(size=size, resolution=resolution, seed=seed, varied=varied, combos=combos,
-                                 edits=edits)
+        return ShapeWorldDataset(resolution=resolution, **shapeworld_kwargs(spec))
     path = Path(spec)
     if (path.is_dir() and (path / "manifest.json").is_file()) or (path.is_file() and path.suffix == ".jsonl"):
         return ImageFileDataset.from_records(path, resolution, crop)

@@ -35,7 +35,8 @@ import torch
 from scipy import linalg, ndimage
 from torch import Tensor
 
-from star.image_data import SHAPEWORLD_EVAL_SEED, ShapeWorldDataset, open_image_dataset, pil_to_tensor, tensor_to_uint8
+from star.image_data import (SHAPEWORLD_EVAL_SEED, ShapeWorldDataset, open_image_dataset, pil_to_tensor,
+                             shapeworld_kwargs, tensor_to_uint8)
 from star.vq import VQModel, load_vq
 
 # -----------------------------------------------------------------------------
@@ -215,12 +216,7 @@ def evaluate(model: VQModel, data: str = "shapeworld", n: int = 500, batch_size:
     resolution = resolution or cfg.resolution
     is_shapeworld = data == "shapeworld" or data.startswith("shapeworld:")
     if is_shapeworld:  # held-out scenes: the evaluation seed unless the spec names one
-        parts = data.split(":")[1:]
-        dataset = ShapeWorldDataset(size=int(parts[0]) if parts and parts[0] else n, resolution=resolution,
-                                    seed=int(parts[1]) if len(parts) > 1 and parts[1] else SHAPEWORLD_EVAL_SEED,
-                                    varied=float(parts[2]) if len(parts) > 2 and parts[2] else 0.2,
-                                    combos=parts[3] if len(parts) > 3 and parts[3] else "all",
-                                    edits=float(parts[4]) if len(parts) > 4 and parts[4] else 0.0)
+        dataset = ShapeWorldDataset(resolution=resolution, **shapeworld_kwargs(data, size=n, seed=SHAPEWORLD_EVAL_SEED))
     else:
         dataset = open_image_dataset(data, resolution)
     n = min(n, len(dataset))
