@@ -141,9 +141,11 @@ class ShapeWorldDataset(Dataset):
     def __len__(self) -> int:
         return self.size
 
-    def _edit_item(self, i: int, u: float):
-        """The edit whose target is image i, or None when i is not an edit target (`edits` draws: varied <= u <
-        varied + edits). Edit types are drawn uniformly, so the rare ImgEdit types (extract, style) get their share."""
+    def _edit_item(self, i: int):
+        """The edit whose target is image i, or None when i is not an edit target (scene i's first draw u falls in
+        [varied, varied + edits)). Edit types are drawn uniformly, so the rare ImgEdit types (extract, style) get their
+        share."""
+        u = np.random.default_rng([self.seed, i]).random()
         if not self.varied <= u < self.varied + self.edits:
             return None
         from star.shapes.edits import EDIT_TYPES, random_edit
@@ -165,7 +167,7 @@ class ShapeWorldDataset(Dataset):
 
         rng = np.random.default_rng([self.seed, i])
         u = rng.random()
-        item = self._edit_item(i, u)
+        item = self._edit_item(i)
         if item is not None:  # an extract target renders on pure white, not on its scene's background (image(i))
             return item.target
         if u >= self.varied:
@@ -189,7 +191,7 @@ class ShapeWorldDataset(Dataset):
         from star.shapes.edits import render_target
         from star.shapes.render import render
 
-        item = self._edit_item(i, np.random.default_rng([self.seed, i]).random())
+        item = self._edit_item(i)
         if item is not None:
             return render_target(item, self.resolution)
         return render(self.scene(i), resolution=self.resolution)

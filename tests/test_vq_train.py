@@ -311,7 +311,7 @@ def test_shapeworld_edit_fraction_draws_edit_targets_and_leaves_other_scenes_alo
     plain = ShapeWorldDataset(size=400, resolution=32, seed=3, cache=False)
     mixed = open_image_dataset("shapeworld:400:3:0.2:all:0.5", 32)
     assert mixed.edits == 0.5 and mixed.varied == 0.2
-    kinds = [mixed._edit_item(i, np.random.default_rng([3, i]).random()) for i in range(400)]
+    kinds = [mixed._edit_item(i) for i in range(400)]
     edited = [i for i, item in enumerate(kinds) if item is not None]
     assert 150 < len(edited) < 250, len(edited)
     assert {item.edit_type for item in kinds if item is not None} >= {"extract", "style"}
