@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -103,11 +104,12 @@ def main() -> int:
     own, rotated = [], []
     with torch.no_grad():
         for _ in range(args.batches):
-            b = next(stream)
-            per = int(b.image_grid_thw[0].prod())
-            moved = b.pixel_values.view(-1, per, b.pixel_values.shape[-1]).roll(1, 0).reshape(b.pixel_values.shape)
-            own.append(model(b.input_ids, b.attention_mask, b.labels, b.pixel_values, b.image_grid_thw)[0].item())
-            rotated.append(model(b.input_ids, b.attention_mask, b.labels, moved, b.image_grid_thw)[0].item())
+            part = next(p for p in next(stream).parts if p.pixel_values is not None)     # the rows with an image
+            per = int(part.image_grid_thw[0].prod())
+            moved = part.pixel_values.view(-1, per, part.pixel_values.shape[-1]).roll(1, 0)
+            other = dataclasses.replace(part, pixel_values=moved.reshape(part.pixel_values.shape))
+            own.append(model([part])[0].item())
+            rotated.append(model([other])[0].item())
     print(f"answer loss with own images {np.mean(own):.4f}, with another conversation's images {np.mean(rotated):.4f}")
     return 0
 
