@@ -266,6 +266,13 @@ def test_nonfinite_steps_are_skipped_counted_and_bounded(tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before), "a skipped step must not touch the weights"
     assert all(math.isfinite(v) for s in (4, 5) for v in (log[s]["loss"], log[s]["grad_norm"]))
 
+    # a resumed run keeps counting from the checkpoint's totals (the NaN sample was drawn before the checkpoint)
+    sets = {"checkpoint_every": 3, "stage_options.nonfinite_samples": [18]}
+    train(toy_config(tmp_path / "resumed", steps=3, **sets), ToyStage())
+    train(toy_config(tmp_path / "resumed", steps=5, resume=True, **sets), ToyStage())
+    assert [r["data_warnings"] for r in read_log(tmp_path / "resumed" / "log.jsonl")] == \
+        [log[s]["data_warnings"] for s in range(1, 6)]
+
     with pytest.raises(RuntimeError, match="3 consecutive steps"):
         train(toy_config(tmp_path / "many", steps=6, max_consecutive_nonfinite=3,
                          **{"stage_options.nonfinite_samples": [8, 16, 24]}), ToyStage())

@@ -152,6 +152,7 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
     optimizer = build_optimizer(model, config.optim)  # after wrapping: FSDP2 replaced the parameters by shards
     trainable_params = [p for p in model.parameters() if p.requires_grad]
     step, position, skipped, consecutive = 0, 0, 0, 0  # position: samples of the global stream consumed
+    warnings_before = None                             # data-warning totals of the checkpoint resumed from
     ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
     extra = {"ema": ema.shadow} if ema is not None else None
     if resume_from is not None:
@@ -173,6 +174,7 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
             _print0(env, f"warning: resuming with changed {sorted(changed)}: losses will differ from an unbroken run")
         step, position = state["step"], state["position"]
         skipped, consecutive = state["skipped"], state["consecutive_nonfinite"]
+        warnings_before = state.get("data_warnings")
         _print0(env, f"resumed from {resume_from} at step {step}")
     else:
         checkpointing.seed_everything(config.seed + env.rank)  # per-rank streams (dropout) from here on
@@ -192,6 +194,7 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
             "frozen_sha256": frozen_sha,
             "config": to_dict(config),
             **({"ema_updates": ema.updates} if ema is not None else {}),
+            **({"data_warnings": warning_totals()} if counts_warnings else {}),
         }
         checkpointing.save(ckpt_root, step, model, optimizer, stage.frozen, trainer_state, env, config.keep_checkpoints,
                            extra=extra)
@@ -227,6 +230,18 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
     # -----------------------------------------------------------------------------
     # Data: this rank's micro-batches, from the position the checkpoint recorded
     stream = stage.batches(config, env.rank, env.world_size, position)
+
+    # Data-warning counts run on across a resume: the checkpoint's totals plus what this process counted since its
+    # stream was built (what building it counted, e.g. records skipped when indexing, is in both already)
+    counts_warnings = getattr(stream, "warnings", None) is not None
+    warnings_at_start = _gather_warnings(env, stream.warnings) if counts_warnings else {}
+    if warnings_before is None:
+        warnings_before = warnings_at_start
+
+    def warning_totals() -> dict[str, int]:
+        now = _gather_warnings(env, stream.warnings)
+        return {k: warnings_before.get(k, 0) + now.get(k, 0) - warnings_at_start.get(k, 0)
+                for k in sorted({*warnings_before, *now})}
 
     # -----------------------------------------------------------------------------
     # Loop
@@ -300,9 +315,8 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
                 "time_s": time.perf_counter() - start_time,
                 **{k: float(scalars[2 + i]) / config.grad_accum for i, k in enumerate(keys)},
             }
-            warnings = getattr(stream, "warnings", None)
-            if warnings is not None:
-                record["data_warnings"] = _gather_warnings(env, warnings)
+            if counts_warnings:
+                record["data_warnings"] = warning_totals()
             log.write(record)
             last_record = record
             if bar is not None:
