@@ -424,6 +424,7 @@ def eval_vqa(pipe: Pipe, cfg: EvalConfig, resolution: int, log) -> tuple[dict, l
     answered = [r for r in rows if r["id"] in predicted]
     table = [{"id": r["id"], "scene_id": r["scene_id"], "family": r["family"], "question": r["question"],
               "answer": r["answer"], "prediction": predicted.get(r["id"]), "heldout": r["heldout"],
+              "objects": len(r["scene"]["objects"]),
               "correct": r["id"] in predicted and vqa.is_correct(predicted[r["id"]], r["answer"])} for r in rows]
     write_jsonl(answers_path, table)         # final form: every question, sorted by id, no timings (diffable)
     preds = [predicted.get(r["id"], "") for r in rows]   # an unanswered question counts as wrong, never dropped
@@ -431,11 +432,17 @@ def eval_vqa(pipe: Pipe, cfg: EvalConfig, resolution: int, log) -> tuple[dict, l
     sub = lambda h: vqa.accuracy([r for r in rows if r["heldout"] == h],  # noqa: E731
                                  [p for r, p in zip(rows, preds) if r["heldout"] == h])
     ind, held = sub(False), sub(True)
+    by_objects = {}                          # does the base find the object it is asked about among n others?
+    for n in sorted({t["objects"] for t in table}):
+        part = [(r, p) for r, p, t in zip(rows, preds, table) if t["objects"] == n]
+        acc = vqa.accuracy([r for r, _ in part], [p for _, p in part])
+        by_objects[str(n)] = {"overall": acc["overall"], "n": acc["n"], "tasks": acc["families"]}
     summary = {
         "overall": scores["overall"],
         "headline": "overall = exact-match accuracy over all questions (family_mean in scores)",
         "tasks": scores["families"], "task_counts": scores["counts"],
         "in_distribution": _split(ind["overall"], ind["n"]), "heldout": _split(held["overall"], held["n"]),
+        "by_objects": by_objects,
         "counts": {"scenes": len(scenes), "questions": len(rows), "expected": len(rows), "present_before": present,
                    "generated": done, "found": len(answered), "scored": len(rows), "errors": len(runner.errors)},
         "errors": runner.errors, "scores": scores,
@@ -646,6 +653,13 @@ def write_report(summary: dict, path: Path) -> Path:
     lines += ["", "| split | overall | n |", "|---|---|---|",
               f"| in-distribution | {_fmt(s['in_distribution']['overall'], suite)} | {s['in_distribution']['n']} |",
               f"| held-out | {_fmt(s['heldout']['overall'], suite)} | {s['heldout']['n']} |", ""]
+    if "by_objects" in s:
+        families = list(s["tasks"])
+        lines += ["| objects in the scene | overall | n | " + " | ".join(families) + " |",
+                  "|---" * (3 + len(families)) + "|"]
+        lines += [f"| {n} | {_fmt(b['overall'], suite)} | {b['n']} | "
+                  + " | ".join(_fmt(b["tasks"][f], suite) if f in b["tasks"] else "—" for f in families) + " |"
+                  for n, b in s["by_objects"].items()] + [""]
     if suite == "wise" and "answer_accuracy" in s["scores"]:
         lines += [f"Reasoning answers equal to the target prompt: {_fmt(s['scores']['answer_accuracy'], suite)} "
                   f"({s['scores']['answers_recorded']} answers recorded in answers.jsonl).", ""]

@@ -130,6 +130,11 @@ def test_suite_end_to_end_on_the_tiny_model(suite, tiny_model_dir, tmp_path, cap
         assert len(answers) == c["questions"] == c["scored"] and {a["scene_id"] for a in answers} == {0, 1}
         assert [a["id"] for a in answers] == sorted(a["id"] for a in answers)
         assert s["overall"] == sum(k for k, _ in s["task_counts"].values()) / c["questions"]
+        sizes = {a["objects"] for a in answers}
+        assert sorted(s["by_objects"]) == sorted(map(str, sizes))
+        for n, part in s["by_objects"].items():
+            mine = [a for a in answers if a["objects"] == int(n)]
+            assert part["n"] == len(mine) and part["overall"] == sum(a["correct"] for a in mine) / len(mine)
     else:
         scores = _rows(out / "scores.jsonl")
         assert len(scores) == c["expected"] == 6 * 2 and all((out / "images" / f"{r['prompt_id']}.png").is_file()
