@@ -117,6 +117,7 @@ def build_tiny_base(
     rope_theta: float = 1_000_000.0,
     initializer_range: float = 0.02,
     embedding_std: float | None = None,
+    match_vision_norm: bool = False,
     seed: int = 0,
 ) -> Path:
     """Write a tiny, randomly initialised Qwen2.5-VL folder to `out_dir` and return its path.
@@ -129,6 +130,9 @@ def build_tiny_base(
     by under 0.01 rad across an 8-cell row, so a small image grid wants a much smaller base. `embedding_std` (None =
     `initializer_range`) is the std of the token embeddings: at 0.02 a word enters the residual stream with norm ~0.3,
     and a briefly trained tiny model soon adds a shared vector ~100x larger, so later layers barely tell words apart.
+    `match_vision_norm` rescales the ViT merger's output projection so that image tokens enter the language model
+    with the token embeddings' median norm (see `_match_vision_norm`); else a random ViT's tokens are ~20x smaller
+    than words of `embedding_std` 0.5.
     """
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -178,6 +182,8 @@ def build_tiny_base(
     if embedding_std is not None:
         with torch.no_grad():
             model.get_input_embeddings().weight.normal_(0.0, embedding_std)
+    if match_vision_norm:
+        _match_vision_norm(model, patch_size, unit, seed)
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.do_sample = False
@@ -192,3 +198,28 @@ def build_tiny_base(
     (out / "star_tiny_base.json").write_text(json.dumps(
         {"built_by": "star.tiny_base.build_tiny_base", "image_size": image_size, "seed": seed}, indent=2))
     return out
+
+
+def _match_vision_norm(model, patch_size: int, unit: int, seed: int) -> float:
+    """Scale the merger's last linear layer so image tokens have the median norm of a token embedding; returns the
+    factor.
+
+    Calibrated on one image of standard-normal pixels (the image processor's normalised scale) with 4 x 4 merged
+    tokens: a random ViT gives rendered ShapeWorld images and such noise the same token norm within ~5 %. The merger's
+    last layer is linear, so scaling its weight and bias scales every image token by the same factor.
+    """
+    visual = model.model.visual
+    last = visual.merger.mlp[-1]
+    if not isinstance(last, torch.nn.Linear):
+        raise TypeError(f"expected the ViT merger to end in nn.Linear, found {type(last).__name__}")
+    side = 4 * (unit // patch_size)                       # 4 x 4 merged tokens
+    grid = torch.tensor([[1, side, side]])
+    pixels = torch.randn(side * side, 3 * 2 * patch_size * patch_size, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        tokens = model.model.get_image_features(pixels, grid).pooler_output[0]      # (side*side / merge², D)
+        target = model.get_input_embeddings().weight.norm(dim=-1).median()
+        factor = (target / tokens.norm(dim=-1).median()).item()
+        last.weight.mul_(factor)
+        if last.bias is not None:
+            last.bias.mul_(factor)
+    return factor

@@ -339,6 +339,39 @@ def test_tiny_base_embedding_std_sets_only_the_token_embeddings(tmp_path):
     assert all(torch.equal(plain[k], wide[k]) for k in plain if k != key), "nothing else changes"
 
 
+def test_tiny_base_match_vision_norm_scales_image_tokens_to_word_size(tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoImageProcessor
+    from PIL import Image
+
+    from star.base import get_family
+    from star.tiny_base import build_tiny_base
+    from star.views import vit_inputs
+
+    sizes = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
+                 vision_hidden_size=32, vision_intermediate_size=64, vision_depth=1, vision_heads=2, patch_size=8,
+                 merge_size=2, image_size=32, embedding_std=0.5, seed=0)
+    corpus = ["a red star", "two blue squares"]
+    plain_dir = build_tiny_base(tmp_path / "a", corpus, **sizes)
+    matched_dir = build_tiny_base(tmp_path / "b", corpus, match_vision_norm=True, **sizes)
+    plain, matched = (load_file(str(d / "model.safetensors")) for d in (plain_dir, matched_dir))
+    assert [k for k in plain if not torch.equal(plain[k], matched[k])] == ["visual.merger.mlp.2.weight"]
+
+    image = Image.new("RGB", (32, 32), (230, 230, 230))
+    image.paste((200, 30, 30), (8, 8, 24, 24))                   # a red square on a light background
+    norms = []
+    for folder in (plain_dir, matched_dir):
+        hf = get_family("qwen2_5_vl").model_class().from_pretrained(folder, dtype=torch.float32).eval()
+        pixels, grid, _ = vit_inputs(AutoImageProcessor.from_pretrained(folder), image, None, None)
+        with torch.no_grad():
+            tokens = hf.model.get_image_features(pixels, grid).pooler_output[0]
+        norms.append((tokens.norm(dim=-1).median().item(),
+                      hf.get_input_embeddings().weight.norm(dim=-1).median().item()))
+    (image_plain, word), (image_matched, _) = norms
+    assert image_plain < word / 5, "a random ViT's tokens are far smaller than words of std 0.5"
+    assert abs(image_matched / word - 1) < 0.25, (image_matched, word)
+
+
 def test_sampling_filters_and_temperature():
     from star.sampling import apply_cfg, filter_top_k, filter_top_p, sample
 

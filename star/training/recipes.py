@@ -69,6 +69,9 @@ class TinyBaseSpec:
     embedding_std: float | None = 0.5
     """Token-embedding std (None = initializer_range). At 0.02 the trained base's hidden states of two colour words
     end up 0.999 cosine-similar, which starves the stack of the prompt (docs/training.md)."""
+    match_vision_norm: bool = False
+    """Scale the random ViT's output so image tokens enter the language model as large as words (at embedding_std
+    0.5 they are otherwise ~20x smaller)."""
     seed: int = 0
 
 
