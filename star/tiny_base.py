@@ -182,8 +182,7 @@ def build_tiny_base(
     if embedding_std is not None:
         with torch.no_grad():
             model.get_input_embeddings().weight.normal_(0.0, embedding_std)
-    if match_vision_norm:
-        _match_vision_norm(model, patch_size, unit, seed)
+    vision_scale = _match_vision_norm(model, patch_size, unit, seed) if match_vision_norm else 1.0
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.do_sample = False
@@ -196,7 +195,8 @@ def build_tiny_base(
     )
     processor.save_pretrained(out)
     (out / "star_tiny_base.json").write_text(json.dumps(
-        {"built_by": "star.tiny_base.build_tiny_base", "image_size": image_size, "seed": seed}, indent=2))
+        {"built_by": "star.tiny_base.build_tiny_base", "image_size": image_size, "seed": seed,
+         "vision_output_scale": vision_scale}, indent=2))
     return out
 
 

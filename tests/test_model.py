@@ -340,6 +340,8 @@ def test_tiny_base_embedding_std_sets_only_the_token_embeddings(tmp_path):
 
 
 def test_tiny_base_match_vision_norm_scales_image_tokens_to_word_size(tmp_path):
+    import json
+
     from safetensors.torch import load_file
     from transformers import AutoImageProcessor
     from PIL import Image
@@ -370,6 +372,9 @@ def test_tiny_base_match_vision_norm_scales_image_tokens_to_word_size(tmp_path):
     (image_plain, word), (image_matched, _) = norms
     assert image_plain < word / 5, "a random ViT's tokens are far smaller than words of std 0.5"
     assert abs(image_matched / word - 1) < 0.25, (image_matched, word)
+    scales = [json.loads((d / "star_tiny_base.json").read_text())["vision_output_scale"]
+              for d in (plain_dir, matched_dir)]
+    assert scales[0] == 1.0 and scales[1] > 5, scales
 
 
 def test_sampling_filters_and_temperature():
