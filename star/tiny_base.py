@@ -208,8 +208,7 @@ def _match_vision_norm(model, patch_size: int, unit: int, seed: int) -> float:
     tokens: a random ViT gives rendered ShapeWorld images and such noise the same token norm within ~5 %. The merger's
     last layer is linear, so scaling its weight and bias scales every image token by the same factor.
     """
-    visual = model.model.visual
-    last = visual.merger.mlp[-1]
+    last = model.model.visual.merger.mlp[-1]
     if not isinstance(last, torch.nn.Linear):
         raise TypeError(f"expected the ViT merger to end in nn.Linear, found {type(last).__name__}")
     side = 4 * (unit // patch_size)                       # 4 x 4 merged tokens
