@@ -20,7 +20,7 @@ Data flow: corpus (strings) -> tokenizer; sizes -> config -> random weights -> f
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -115,6 +115,7 @@ def build_tiny_base(
     image_size: int = 128,
     max_position_embeddings: int = 4096,
     rope_theta: float = 1_000_000.0,
+    mrope_section: Sequence[int] | None = None,
     initializer_range: float = 0.02,
     embedding_std: float | None = None,
     match_vision_norm: bool = False,
@@ -127,7 +128,9 @@ def build_tiny_base(
     (image_size / (patch_size * merge_size))**2 ViT tokens in the language model. `initializer_range` is the std of
     the random weights (tests use a larger one so that a random model's answers depend on its input). `rope_theta` is
     the language model's RoPE base: M-RoPE gives the image width axis the lowest frequencies, which at Qwen's 1e6 turn
-    by under 0.01 rad across an 8-cell row, so a small image grid wants a much smaller base. `embedding_std` (None =
+    by under 0.01 rad across an 8-cell row, so a small image grid wants a much smaller base. `mrope_section` splits
+    the head_dim / 2 rotary frequencies, highest first, among M-RoPE's (time, height, width) positions (None = Qwen's
+    16:24:24 proportion); text tokens use all of them either way. `embedding_std` (None =
     `initializer_range`) is the std of the token embeddings: at 0.02 a word enters the residual stream with norm ~0.3,
     and a briefly trained tiny model soon adds a shared vector ~100x larger, so later layers barely tell words apart.
     `match_vision_norm` rescales the ViT merger's output projection so that image tokens enter the language model
@@ -144,6 +147,16 @@ def build_tiny_base(
         raise ValueError(f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}")
     if vision_hidden_size % vision_heads or (vision_hidden_size // vision_heads) % 4:
         raise ValueError(f"vision head size {vision_hidden_size}/{vision_heads} must be a multiple of 4 (2-D rope)")
+    # M-RoPE sections (t, h, w) over head_dim / 2 frequencies, by default in Qwen's 16:24:24 proportion.
+    half = head_dim // 2
+    if mrope_section is None:
+        t_sec = max(1, half // 4)
+        h_sec = (half - t_sec) // 2
+        mrope_section = [t_sec, h_sec, half - t_sec - h_sec]
+    mrope_section = [int(n) for n in mrope_section]
+    if len(mrope_section) != 3 or min(mrope_section) < 1 or sum(mrope_section) != half:
+        raise ValueError(f"mrope_section={mrope_section} must be 3 positive sizes (time, height, width) summing to "
+                         f"head_dim/2 = {half}")
     unit = patch_size * merge_size
     if image_size % unit:
         raise ValueError(f"image_size={image_size} must be a multiple of patch_size*merge_size={unit}")
@@ -152,12 +165,6 @@ def build_tiny_base(
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(corpus, vocab_size)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
-
-    # M-RoPE sections (t, h, w) over head_dim / 2 frequencies, in Qwen's 16:24:24 proportion.
-    half = head_dim // 2
-    t_sec = max(1, half // 4)
-    h_sec = (half - t_sec) // 2
-    mrope_section = [t_sec, h_sec, half - t_sec - h_sec]
 
     config = Qwen2_5_VLConfig(
         text_config=dict(

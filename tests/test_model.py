@@ -339,6 +339,25 @@ def test_tiny_base_embedding_std_sets_only_the_token_embeddings(tmp_path):
     assert all(torch.equal(plain[k], wide[k]) for k in plain if k != key), "nothing else changes"
 
 
+def test_tiny_base_mrope_section_reaches_the_config_and_bad_ones_fail_early(tmp_path):
+    from transformers import AutoConfig
+
+    from star.tiny_base import build_tiny_base
+
+    sizes = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_layers=1, num_heads=4, num_kv_heads=2,
+                 vision_hidden_size=32, vision_intermediate_size=64, vision_depth=1, vision_heads=2, patch_size=8,
+                 merge_size=2, image_size=32, seed=0)                      # head_dim 16: 8 rotary frequencies
+    corpus = ["a red star", "two blue squares"]
+    default = AutoConfig.from_pretrained(build_tiny_base(tmp_path / "a", corpus, **sizes)).text_config
+    chosen = AutoConfig.from_pretrained(build_tiny_base(tmp_path / "b", corpus, mrope_section=[1, 2, 5], rope_theta=1e3,
+                                                        **sizes)).text_config
+    assert default.rope_parameters["mrope_section"] == [2, 3, 3]          # Qwen's 16:24:24, rounded
+    assert chosen.rope_parameters["mrope_section"] == [1, 2, 5] and chosen.rope_parameters["rope_theta"] == 1e3
+    with pytest.raises(ValueError, match="mrope_section"):
+        build_tiny_base(tmp_path / "c", corpus, mrope_section=[2, 2, 2], **sizes)
+    assert not (tmp_path / "c").exists(), "rejected before anything is written"
+
+
 def test_tiny_base_match_vision_norm_scales_image_tokens_to_word_size(tmp_path):
     import json
 

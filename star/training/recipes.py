@@ -65,6 +65,8 @@ class TinyBaseSpec:
     merge_size: int = 1
     image_size: int = 128
     rope_theta: float = 1_000_000.0
+    mrope_section: list[int] | None = None
+    """Rotary frequencies per M-RoPE axis (time, height, width), highest first; None = Qwen's 16:24:24 proportion."""
     initializer_range: float = 0.02
     embedding_std: float | None = 0.5
     """Token-embedding std (None = initializer_range). At 0.02 the trained base's hidden states of two colour words
