@@ -306,6 +306,12 @@ def test_training_loss_is_code_cross_entropy_of_the_inference_sequence(make_star
 # Tiny base folder and sampling functions
 
 
+SMALL_BASE = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
+                  vision_hidden_size=32, vision_intermediate_size=64, vision_depth=1, vision_heads=2, patch_size=8,
+                  merge_size=2, image_size=32, seed=0)
+"""Sizes of the small bases the build_tiny_base tests write (32-px images, 4 ViT tokens)."""
+
+
 def test_tiny_base_is_an_ordinary_qwen_folder(tiny_base_dir):
     from transformers import AutoConfig, AutoTokenizer
 
@@ -327,9 +333,7 @@ def test_tiny_base_embedding_std_sets_only_the_token_embeddings(tmp_path):
 
     from star.tiny_base import build_tiny_base
 
-    sizes = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
-                 vision_hidden_size=32, vision_intermediate_size=64, vision_depth=1, vision_heads=2, patch_size=8,
-                 merge_size=2, image_size=32, seed=0)
+    sizes = SMALL_BASE
     plain = load_file(str(build_tiny_base(tmp_path / "a", ["a red star", "two blue squares"], **sizes)
                           / "model.safetensors"))
     wide = load_file(str(build_tiny_base(tmp_path / "b", ["a red star", "two blue squares"], embedding_std=0.5,
@@ -344,9 +348,7 @@ def test_tiny_base_mrope_section_reaches_the_config_and_bad_ones_fail_early(tmp_
 
     from star.tiny_base import build_tiny_base
 
-    sizes = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_layers=1, num_heads=4, num_kv_heads=2,
-                 vision_hidden_size=32, vision_intermediate_size=64, vision_depth=1, vision_heads=2, patch_size=8,
-                 merge_size=2, image_size=32, seed=0)                      # head_dim 16: 8 rotary frequencies
+    sizes = SMALL_BASE                                                   # head_dim 16: 8 rotary frequencies
     corpus = ["a red star", "two blue squares"]
     default = AutoConfig.from_pretrained(build_tiny_base(tmp_path / "a", corpus, **sizes)).text_config
     chosen = AutoConfig.from_pretrained(build_tiny_base(tmp_path / "b", corpus, mrope_section=[1, 2, 5], rope_theta=1e3,
@@ -369,9 +371,7 @@ def test_tiny_base_match_vision_norm_scales_image_tokens_to_word_size(tmp_path):
     from star.tiny_base import build_tiny_base
     from star.views import vit_inputs
 
-    sizes = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
-                 vision_hidden_size=32, vision_intermediate_size=64, vision_depth=1, vision_heads=2, patch_size=8,
-                 merge_size=2, image_size=32, embedding_std=0.5, seed=0)
+    sizes = dict(SMALL_BASE, embedding_std=0.5)
     corpus = ["a red star", "two blue squares"]
     plain_dir = build_tiny_base(tmp_path / "a", corpus, **sizes)
     matched_dir = build_tiny_base(tmp_path / "b", corpus, match_vision_norm=True, **sizes)

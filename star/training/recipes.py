@@ -181,8 +181,9 @@ def shapes(out: str = "runs/shapes") -> Recipe:
     beside another job about twice as slow. The base's ViT is random and stays frozen, its output scaled to the
     words' size (`match_vision_norm`): trained at lr 2e-3 it erased shapes, and at its initial size the language
     model hardly used it. The first understanding entry runs at lr 5e-4, the fastest setting for the in-context
-    lookup ShapeVQA needs, for 1,500 steps (`runs/s10e`: ShapeVQA 0.48 / 0.58 / 0.64 after 300 / 600 / 900 steps,
-    still rising); it also keeps the colour words apart, which made the generation stage learn ~3x sooner.
+    lookup ShapeVQA needs, for 1,500 steps (ShapeVQA 0.48 / 0.58 / 0.64 after 300 / 600 / 900 steps of a 900-step
+    schedule in `runs/s10e`, 0.75 after these 1,500 in `runs/full11`); it also keeps the colour words apart, which
+    made the generation stage learn ~3x sooner.
     The second understanding entry
     (`understanding-text`, 1,000 steps, three quarters text) teaches the facts and implicit reasoning to the base's
     layers from BASE_LAYER up only, so what the stack reads (embeddings, the layers below, ViT) is the image entry's,
