@@ -333,11 +333,10 @@ def test_tiny_base_embedding_std_sets_only_the_token_embeddings(tmp_path):
 
     from star.tiny_base import build_tiny_base
 
-    sizes = SMALL_BASE
-    plain = load_file(str(build_tiny_base(tmp_path / "a", ["a red star", "two blue squares"], **sizes)
+    plain = load_file(str(build_tiny_base(tmp_path / "a", ["a red star", "two blue squares"], **SMALL_BASE)
                           / "model.safetensors"))
     wide = load_file(str(build_tiny_base(tmp_path / "b", ["a red star", "two blue squares"], embedding_std=0.5,
-                                         **sizes) / "model.safetensors"))
+                                         **SMALL_BASE) / "model.safetensors"))
     key = next(k for k in wide if k.endswith("embed_tokens.weight"))
     assert abs(plain[key].float().std().item() - 0.02) < 0.005 and abs(wide[key].float().std().item() - 0.5) < 0.05
     assert all(torch.equal(plain[k], wide[k]) for k in plain if k != key), "nothing else changes"
@@ -348,15 +347,15 @@ def test_tiny_base_mrope_section_reaches_the_config_and_bad_ones_fail_early(tmp_
 
     from star.tiny_base import build_tiny_base
 
-    sizes = SMALL_BASE                                                   # head_dim 16: 8 rotary frequencies
     corpus = ["a red star", "two blue squares"]
-    default = AutoConfig.from_pretrained(build_tiny_base(tmp_path / "a", corpus, **sizes)).text_config
+    # SMALL_BASE's head_dim 16: 8 rotary frequencies
+    default = AutoConfig.from_pretrained(build_tiny_base(tmp_path / "a", corpus, **SMALL_BASE)).text_config
     chosen = AutoConfig.from_pretrained(build_tiny_base(tmp_path / "b", corpus, mrope_section=[1, 2, 5], rope_theta=1e3,
-                                                        **sizes)).text_config
+                                                        **SMALL_BASE)).text_config
     assert default.rope_parameters["mrope_section"] == [2, 3, 3]          # Qwen's 16:24:24, rounded
     assert chosen.rope_parameters["mrope_section"] == [1, 2, 5] and chosen.rope_parameters["rope_theta"] == 1e3
     with pytest.raises(ValueError, match="mrope_section"):
-        build_tiny_base(tmp_path / "c", corpus, mrope_section=[2, 2, 2], **sizes)
+        build_tiny_base(tmp_path / "c", corpus, mrope_section=[2, 2, 2], **SMALL_BASE)
     assert not (tmp_path / "c").exists(), "rejected before anything is written"
 
 
