@@ -177,8 +177,8 @@ BASE_LAYER = 2
 def shapes(out: str = "runs/shapes") -> Recipe:
     """The shipped ShapeWorld model (<= 150 min on 2 CPU cores; sizes justified in docs/training.md).
 
-    Its stages at the rates measured alone on the 2-core machine sum to ~140 min (docs/training.md); at one thread
-    beside another job about twice as slow. The base's ViT is random and stays frozen, its output scaled to the
+    Its stages at the rates `runs/full11` measured on the 2-core machine sum to ~144 min (docs/training.md); at one
+    thread beside another job about twice as slow. The base's ViT is random and stays frozen, its output scaled to the
     words' size (`match_vision_norm`): trained at lr 2e-3 it erased shapes, and at its initial size the language
     model hardly used it. The first understanding entry runs at lr 5e-4, the fastest setting for the in-context
     lookup ShapeVQA needs, for 1,500 steps (ShapeVQA 0.48 / 0.58 / 0.64 after 300 / 600 / 900 steps of a 900-step
@@ -189,8 +189,8 @@ def shapes(out: str = "runs/shapes") -> Recipe:
     reads (embeddings, the layers below, ViT) is the image entry's, bit for bit: it teaches the facts and implicit
     reasoning (40 % of its rows) and goes on with ShapeVQA (60 %), which lifts ShapeVQA from 0.75 to 0.91 (a quarter
     ShapeVQA at lr 2e-3 kept it at 0.75; `runs/u12a`).
-    Generation runs 3,200 steps (on that base its ShapeGenEval curve flattens there: 0.94 at 3,200, 3,600 and
-    4,000); its two-object prompts name the objects in the image's reading order (DatasetSpec
+    Generation runs 2,400 steps (`runs/full11`'s ShapeGenEval curve is flat from there: 0.932 / 0.931 / 0.932 at
+    2,400 / 2,800 / 3,200); its two-object prompts name the objects in the image's reading order (DatasetSpec
     .phrase_order), so the raster-order generator binds a colour by its place in the prompt. The stack reads base
     layer 2 (`base_layer`), which makes a generation step ~1.45x cheaper. The adapter adds a learned embedding of each
     code's grid cell (`cell_embedding`): with 1-D positions alone the stack hardly knows a code's column (left/right
@@ -199,7 +199,8 @@ def shapes(out: str = "runs/shapes") -> Recipe:
     (docs/training.md); it now runs 900 steps at lr 5e-4 on half edits, half T2I, because at lr 1e-3 on a quarter T2I
     the first few hundred steps broke the placement the cell table had taught (position 0.87 -> 0.58); half of its
     T2I samples carry the implicit-reasoning suffix (`reasoning_suffix`), which the
-    generator otherwise never sees. Sampling defaults are those a sweep of the second full run chose (EMA weights;
+    generator otherwise never sees. Its 12,000 edits are seen ~1.2 times (going from 4,000 to 24,000 edits left
+    ShapeImgEdit where it was, `runs/shapes5`; 24,000 cost 5 more minutes to write and tokenise). Sampling defaults are those a sweep of the second full run chose (EMA weights;
     T2I: temperature 0.7, no top-k, CFG 1.5; edits: temperature 1, CFG 3; docs/training.md). The vq stage runs only
     when the shipped tokenizer is missing (then add ~20 min: 2,500 steps with every cell's code fixed by the
     exact-tile dictionary, as the shipped tokenizer was trained).
@@ -215,7 +216,7 @@ def shapes(out: str = "runs/shapes") -> Recipe:
             "understanding": DatasetSpec(kinds={"vqa": 24_000, "caption": 3_000, "text_qa": 1_500}, seed=101,
                                          wise_reasoning=3_000),
             "t2i": DatasetSpec(kinds={"t2i": 40_000}, seed=102, tokenize=True),
-            "edit": DatasetSpec(kinds={"edit": 24_000}, seed=103, tokenize=True),
+            "edit": DatasetSpec(kinds={"edit": 12_000}, seed=103, tokenize=True),
             "vq": DatasetSpec(kinds={"t2i": 3_000, "edit": 1_000}, seed=104),
         },
         stages=[
@@ -237,7 +238,7 @@ def shapes(out: str = "runs/shapes") -> Recipe:
                 stage_options=dict(data=str(o / "data" / "vq"), preset="shapes", dict_warmup=2_500,
                                    kmeans_images=4_000)), ("vq",)),
             RecipeStage("generation", _config(
-                "generation", o, steps=3_200, batch_size=32, checkpoint_every=200, snapshot_every=400, ema_decay=0.999,
+                "generation", o, steps=2_400, batch_size=32, checkpoint_every=200, snapshot_every=400, ema_decay=0.999,
                 optim=dict(lr=1e-3, min_lr=1e-4, warmup_steps=100, weight_decay=0.05),
                 stage_options=dict(base=str(o / "base"), vq=str(o / "vq"), data=[str(o / "data" / "t2i")],
                                    stack_layers=4, adapter_depth=2, cell_embedding=True, train_adapter=True,
