@@ -6,8 +6,7 @@ Exact formats are in `research/paper.md` §3-4 and mirror the upstream release (
     T2I    <|im_start|>system\\n...<|im_end|>\\n<|im_start|>user\\n{prompt}<|im_end|>\\n
            <|im_start|>assistant\\n<|vision_start|>
     edit   as T2I, with  <|vision_start|> VQ x n <|vision_end|> <|vision_start|> ViT x m <|vision_end|> \\n
-           inserted right after `<|im_start|>user\\n` (VQ view first, then ViT view, then a newline); with
-           order="instruction_first" (not upstream) the same blocks follow the instruction, before `<|im_end|>`
+           inserted right after `<|im_start|>user\\n` (VQ view first, then ViT view, then a newline)
     null   same length: the first token and the last four (`<|im_start|>assistant\\n<|vision_start|>`) kept, every
            other text token replaced by <|fim_pad|>; for editing the two image blocks (and their newline) are kept
     reason as T2I with the prompt tokens replaced by the base's answer + " Ultra HD, 4K, cinematic composition"
@@ -128,24 +127,13 @@ def image_blocks(special: SpecialTokens, num_vq: int, num_vit: int) -> list[int]
             + [special.vision_start] + [special.image_pad] * num_vit + [special.vision_end] + [special.newline])
 
 
-EDIT_ORDERS = ("image_first", "instruction_first")
+def edit_row(tokenizer, special: SpecialTokens, instruction: str, num_vq: int, num_vit: int) -> Row:
+    """Editing condition: the T2I row of `instruction` with the source image blocks after `<|im_start|>user\\n`.
 
-
-def edit_row(tokenizer, special: SpecialTokens, instruction: str, num_vq: int, num_vit: int,
-             order: str = "image_first") -> Row:
-    """Editing condition: the T2I row of `instruction` with the source image blocks spliced into the user turn.
-
-    order "image_first" (upstream) puts them right after `<|im_start|>user\\n`; "instruction_first" right after the
-    instruction, so that under causal attention every source code's state can read the instruction. The null row is
-    built from the text row first and the blocks are inserted afterwards, so they stay in it.
+    The null row is built from the text row first and the blocks are inserted afterwards, so they stay in it.
     """
-    if order not in EDIT_ORDERS:
-        raise ValueError(f"edit order must be one of {EDIT_ORDERS}, got {order!r}")
     text = t2i_row(tokenizer, special, check_prompt(instruction, "edit instruction"))
-    if order == "image_first":
-        at = _user_content_start(text.ids, tokenizer)
-    else:
-        at = len(text.ids) - 1 - text.ids[::-1].index(special.im_end)          # the user turn's <|im_end|>
+    at = _user_content_start(text.ids, tokenizer)
     block = image_blocks(special, num_vq, num_vit)
     return Row(text.ids[:at] + block + text.ids[at:], text.null_ids[:at] + block + text.null_ids[at:])
 

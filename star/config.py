@@ -147,9 +147,6 @@ class STARConfig:
     """Positions of an edit's generated codes: "continue" = 1-D after the prompt (upstream); "source" = source code
     i's position + max_prompt_tokens, so each target code lies at one fixed distance from the source code in its
     place whatever the instruction's length (copying is then a single relative offset to learn; not upstream)."""
-    edit_order: str = "image_first"
-    """Where an edit row puts the source image: "image_first" = before the instruction (upstream); "instruction_first"
-    = after it, so the source codes' states can read the instruction (chat.edit_row; not upstream)."""
     edit_vit_max_tokens: int | None = None
     """Editing: most ViT tokens for the source image (upstream: 576); None = the base image processor's budget."""
     edit_vit_min_tokens: int | None = None
@@ -183,8 +180,6 @@ class STARConfig:
             raise ValueError(f"cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
         if self.edit_code_positions not in ("continue", "source"):
             raise ValueError(f"edit_code_positions must be 'continue' or 'source', got {self.edit_code_positions!r}")
-        if self.edit_order not in ("image_first", "instruction_first"):
-            raise ValueError(f"edit_order must be 'image_first' or 'instruction_first', got {self.edit_order!r}")
         if self.max_prompt_tokens <= 0:
             raise ValueError(f"max_prompt_tokens must be > 0, got {self.max_prompt_tokens}")
         for name in ("edit_vit_max_tokens", "edit_vit_min_tokens", "understand_vit_max_tokens"):

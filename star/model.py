@@ -110,7 +110,6 @@ class STAROutput:
     loss: Tensor             # () cross-entropy over image-code positions
     logits: Tensor           # (B, N, K) code logits at the N positions that predict the N target codes
     dropped: Tensor          # (B,) bool, rows trained on their null row
-    source_logits: Tensor | None = None   # (S, K) code logits at the S source-code slots (edits; row order), if asked
 
 
 class STAR(nn.Module):
@@ -237,27 +236,21 @@ class STAR(nn.Module):
         return h
 
     # --- training -----------------------------------------------------------------
-    def forward(self, cond: Condition, codes: Tensor, drop_prompt: Tensor | None = None,
-                source_logits: bool = False) -> STAROutput:
+    def forward(self, cond: Condition, codes: Tensor, drop_prompt: Tensor | None = None) -> STAROutput:
         """Teacher-forced next-code prediction on target codes (B, N); loss on the N code positions only.
 
         drop_prompt (B,) bool picks the rows trained on their CFG null row; None draws it with probability
-        config.cfg_dropout in training mode (no dropping in eval mode). source_logits=True also returns the head's
-        logits at each source code of an edit (the editing stage's draft loss reads them).
+        config.cfg_dropout in training mode (no dropping in eval mode).
         """
         b, n = codes.shape
         if drop_prompt is None:
             p = self.config.cfg_dropout if self.training else 0.0
             drop_prompt = torch.rand(b, device=codes.device) < p
         seq = self.embed(cond.drop_prompts(drop_prompt.to(cond.input_ids.device)), codes[:, :-1])
-        hidden = self.hidden_states(seq)                         # (B, T + N - 1, D)
-        logits = self.head(hidden[:, -n:])                       # (B, N, K): at <|vision_start|> and codes[:, :-1]
+        hidden = self.hidden_states(seq)[:, -n:]                 # (B, N, D): <|vision_start|> and codes[:, :-1]
+        logits = self.head(hidden)                               # (B, N, K)
         loss = F.cross_entropy(logits.float().flatten(0, 1), codes.flatten())
-        drafts = None
-        if source_logits:
-            t = cond.input_ids.shape[1]
-            drafts = self.head(hidden[:, :t][cond.input_ids == self.special.vision_pad])   # (S, K)
-        return STAROutput(loss=loss, logits=logits, dropped=drop_prompt, source_logits=drafts)
+        return STAROutput(loss=loss, logits=logits, dropped=drop_prompt)
 
     # --- inference ---------------------------------------------------------------
     def prefill(self, cond: Condition) -> tuple[Tensor, DecodeState]:

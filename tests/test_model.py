@@ -144,14 +144,6 @@ def test_null_row_matches_upstream_construction(make_star):
     assert edit.null_ids == upstream_null(text, sp.fim_pad)[:at] + block + upstream_null(text, sp.fim_pad)[at:]
     assert tok.decode(block) == ("<|vision_start|>" + "<|vision_pad|>" * 16 + "<|vision_end|><|vision_start|>"
                                  + "<|image_pad|>" * 4 + "<|vision_end|>\n")
-    # order="instruction_first" (ours): the same blocks after the instruction, before the user turn's <|im_end|>
-    late = edit_row(tok, sp, "make the cube blue", num_vq=16, num_vit=4, order="instruction_first")
-    end = len(text) - 1 - text[::-1].index(sp.im_end)
-    assert late.ids == text[:end] + block + text[end:]
-    assert late.null_ids == upstream_null(text, sp.fim_pad)[:end] + block + upstream_null(text, sp.fim_pad)[end:]
-    assert tok.decode(late.ids).split("user\n")[1].startswith("make the cube blue<|vision_start|><|vision_pad|>")
-    with pytest.raises(ValueError, match="edit order"):
-        edit_row(tok, sp, "make the cube blue", num_vq=16, num_vit=4, order="after")
 
     # Implicit reasoning: prompt tokens replaced by answer + suffix; the null row follows the same rule.
     reason = reasoning_row(tok, sp, prompt, "a red cube")
@@ -218,36 +210,6 @@ def test_edit_code_positions_source_puts_each_target_code_at_one_distance_from_i
         assert int(target.min()) > int(seq.position_ids[:, row, :-16].max()), "codes come after the prompt"
     assert (cond.input_ids[0] != model.special.end_of_text).sum() != (cond.input_ids[1] != model.special.end_of_text
                                                                       ).sum(), "instructions of different lengths"
-
-
-def test_instruction_first_edits_decode_as_they_train_and_source_logits_read_the_source_slots(make_star):
-    model = make_star(edit_code_positions="source", edit_order="instruction_first")
-    pipe = STARPipeline(model)
-    cond = pipe.edit_condition([rgb(0), rgb(1)], ["make the cube blue", "remove the big ball on the left side"])
-    vq = cond.input_ids == model.special.vision_pad
-    first_vq = vq.int().argmax(1)
-    for row in range(2):
-        text = model.base.tokenizer.decode(cond.input_ids[row, :first_vq[row]])
-        assert text.endswith(("make the cube blue<|vision_start|>", "left side<|vision_start|>")), text
-    cond = cond.with_null()
-    codes = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(3))
-    cached, _ = step_logits(model, cond, codes)
-    torch.testing.assert_close(cached, full_logits(model, cond, codes), atol=ATOL, rtol=0)
-
-    # The source slots' logits: the head on the top stack's state at each <|vision_pad|>, in row order.
-    out = model.eval()(cond, codes, drop_prompt=torch.zeros(4, dtype=torch.bool), source_logits=True)
-    assert out.source_logits.shape == (4 * 16, 64)
-    with torch.no_grad():
-        hidden = model.hidden_states(model.embed(cond, codes[:, :-1]))
-    t = cond.input_ids.shape[1]
-    for row in range(4):
-        slots = torch.where(cond.input_ids[row] == model.special.vision_pad)[0]
-        torch.testing.assert_close(out.source_logits[16 * row:16 * (row + 1)], model.head(hidden[row, slots]),
-                                   atol=ATOL, rtol=0)
-        assert int(slots.max()) < t
-    assert not torch.allclose(out.source_logits[:16], out.source_logits[32:48], atol=1e-4), \
-        "a source code's state reads the instruction, which its null row lacks"
-    assert model(cond, codes, drop_prompt=torch.zeros(4, dtype=torch.bool)).source_logits is None
 
 
 def test_cell_embedding_gives_every_code_its_grid_cell_in_training_and_decoding(make_star):

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from star.training.config import apply_overrides
 from star.training.recipes import DatasetSpec, build_dataset
@@ -350,50 +349,6 @@ def test_editing_batches_carry_both_image_views_and_mix_t2i(tmp_path, tiny_base_
     with pytest.raises(ValueError, match="reasoning_suffix"):
         stage.batches(stage_config("editing", tmp_path, base=str(tiny_base_dir), vq=str(star_vq_dir),
                                    data=str(dataset), reasoning_suffix=1.5), 0, 1, 0)
-
-
-def test_draft_loss_scores_each_source_cell_against_the_target_in_its_cell():
-    from star.training.stage_generation import DRAFT_METRICS, draft_loss
-
-    kinds = ["edit", "t2i", "edit"]
-    targets = torch.tensor([[1, 2, 3, 4], [5, 5, 5, 5], [6, 7, 8, 9]])
-    sources = torch.tensor([[1, 2, 0, 0], [6, 7, 8, 9]])                 # row 0 changes cells 2, 3; row 2 none
-    guess = torch.tensor([[1, 2, 3, 7], [0, 0, 0, 0]])                    # row 0: cell 3 wrong
-    logits = 20.0 * F.one_hot(guess.flatten(), 10).float()               # (8, 10)
-    logits.requires_grad_(True)
-    drop = torch.tensor([False, False, True])                            # row 2 is on its null row: not scored
-    loss, metrics = draft_loss(logits, sources, targets, kinds, drop)
-    want = F.cross_entropy(logits[:4], targets[0])
-    torch.testing.assert_close(loss, want)
-    assert metrics == {"draft_loss": pytest.approx(want.item()), "draft_kept_accuracy": 1.0,
-                       "draft_changed_accuracy": 0.5}
-    loss.backward()
-    assert logits.grad[4:].abs().sum() == 0 and logits.grad[:4].abs().sum() > 0
-    none, zeros = draft_loss(logits, sources, targets, kinds, torch.tensor([True, False, True]))
-    assert float(none.detach()) == 0.0 and zeros == dict.fromkeys(DRAFT_METRICS, 0.0)
-
-
-def test_editing_with_instruction_first_rows_and_the_draft_loss(tmp_path, tiny_base_dir, star_vq_dir, dataset,
-                                                                gen_export):
-    from star.pipeline import STARPipeline
-
-    gen = dict(base=str(tiny_base_dir), vq=str(star_vq_dir), data=str(dataset), init=str(gen_export),
-               kind_weights={"edit": 0.5, "t2i": 0.5}, edit_order="instruction_first", edit_draft_weight=1.0)
-    config = stage_config("editing", tmp_path / "run", steps=2, **gen)
-    stream = get_stage("editing").batches(config, 0, 1, 0)
-    row = next(s for s in map(stream.sample, range(20)) if s[0] == "edit")[1]
-    head = stream.tokenizer.encode("<|im_start|>user\n", add_special_tokens=False)
-    after_header = max(i + len(head) for i in range(len(row.ids)) if row.ids[i:i + len(head)] == head)
-    assert row.ids[after_header] != stream.special.vision_start, "the instruction comes first"
-    train(config, get_stage("editing"))
-    log = read_log(tmp_path / "run" / "log.jsonl")
-    assert all(r["draft_loss"] > 0 and 0 <= r["draft_changed_accuracy"] <= 1 for r in log if "loss" in r)
-    pipe = STARPipeline.from_pretrained(tmp_path / "run" / "export")
-    assert pipe.model.config.edit_order == "instruction_first", "inference builds the rows training saw"
-    images = pipe.edit(Image.new("RGB", (16, 16), "white"), "remove the red circle", seed=0).images
-    assert images[0].size == (16, 16)
-    with pytest.raises(ValueError, match="edit_draft_weight"):
-        get_stage("editing").options(stage_config("editing", tmp_path / "bad", **{**gen, "edit_draft_weight": -1}))
 
 
 # -----------------------------------------------------------------------------

@@ -93,13 +93,6 @@ class GenerationOptions:
     """Longest prompt (chat template included); longer samples are skipped and counted."""
     edit_code_positions: str = "continue"
     """Positions of an edit's target codes (STARConfig.edit_code_positions): "continue" (upstream) or "source"."""
-    edit_order: str = "image_first"
-    """Where an edit row puts the source image (STARConfig.edit_order): "image_first" (upstream) or
-    "instruction_first" (after the instruction, so each source code's state can read it)."""
-    edit_draft_weight: float = 0.0
-    """Weight of the draft loss: the head, applied at each source code of an edit, predicts the target's code in that
-    cell (rows on their null row excluded). With edit_order "instruction_first" this asks every cell, before any
-    target code is drawn, whether and how the instruction changes it (not upstream)."""
     edit_vit_min_tokens: int | None = None
     """Editing: fewest ViT tokens of the source image (STARConfig.edit_vit_min_tokens)."""
     edit_vit_max_tokens: int | None = None
@@ -119,11 +112,6 @@ class GenerationOptions:
                 raise ValueError(f"stage_options.{name} must be >= 1, got {getattr(self, name)}")
         if self.stack_init not in ("copy", "random"):
             raise ValueError(f"stage_options.stack_init must be 'copy' or 'random', got {self.stack_init!r}")
-        if self.edit_order not in ("image_first", "instruction_first"):
-            raise ValueError(f"stage_options.edit_order must be 'image_first' or 'instruction_first', got "
-                             f"{self.edit_order!r}")
-        if self.edit_draft_weight < 0:
-            raise ValueError(f"stage_options.edit_draft_weight must be >= 0, got {self.edit_draft_weight}")
         if self.new_stack and not self.init:
             raise ValueError("stage_options.new_stack=true stacks a module on an existing model: set "
                              "stage_options.init to a STAR folder (e.g. the generation stage's export)")
@@ -280,8 +268,7 @@ class GenerationStream:
                                  self.opts.edit_vit_max_tokens)
                 source = (src.codes.get(src.index.rel(rec["source"])).flatten() if src.codes is not None
                           else vq_pixels(source_image, self.side))
-                row = edit_row(self.tokenizer, self.special, rec["text"], self.grid * self.grid, vit[2],
-                               self.opts.edit_order)
+                row = edit_row(self.tokenizer, self.special, rec["text"], self.grid * self.grid, vit[2])
                 target = self._image(src, rec["target"])
         except FileNotFoundError:
             self.warn.add("missing_file")
@@ -350,34 +337,6 @@ def encode_images(vq: nn.Module, items: list[Tensor], device: torch.device) -> T
     return torch.stack(out)
 
 
-DRAFT_METRICS = ("draft_loss", "draft_kept_accuracy", "draft_changed_accuracy")
-
-
-def draft_loss(source_logits: Tensor, sources: Tensor, targets: Tensor, kinds: list[str],
-               drop: Tensor) -> tuple[Tensor, dict[str, float]]:
-    """Cross-entropy of the head's logits at each source code (S, K) against the target's code in that cell, over the
-    edit rows not on their null row; and its accuracy on the cells the edit keeps and on those it changes (the same
-    keys always, 0.0 where a micro-batch has no such row or cell, so every rank logs alike)."""
-    edit_rows = torch.tensor([i for i, k in enumerate(kinds) if k == "edit"], device=targets.device)
-    e, m = sources.shape
-    if targets.shape[1] != m:
-        raise ValueError(f"the draft loss needs source and target grids of one size, got {m} and {targets.shape[1]}")
-    logits = source_logits.view(e, m, -1)                                      # (e, M, K)
-    keep = ~drop[edit_rows]                                                    # (e,)
-    if not bool(keep.any()):
-        return source_logits.sum() * 0.0, dict.fromkeys(DRAFT_METRICS, 0.0)
-    want = targets[edit_rows][keep]                                            # (e', M)
-    got = logits[keep]                                                         # (e', M, K)
-    loss = torch.nn.functional.cross_entropy(got.float().flatten(0, 1), want.flatten())
-    with torch.no_grad():
-        right = got.argmax(-1) == want
-        changed = want != sources[keep]
-        share = lambda m: right[m].float().mean().item() if bool(m.any()) else 0.0  # noqa: E731
-        metrics = {"draft_loss": loss.item(), "draft_kept_accuracy": share(~changed),
-                   "draft_changed_accuracy": share(changed)}
-    return loss, metrics
-
-
 class GenerationStage:
     """`generation` (T2I) and `editing` (edit + T2I): one stage class, the task mixture and the init differ."""
 
@@ -388,7 +347,6 @@ class GenerationStage:
         # Declared for the default build (one stack, adapter trains); `build` refines it from the options.
         self.trainable: tuple[str, ...] = ("stacks.0", "adapter", "head")
         self.frozen: tuple[str, ...] = ("base", "vq")
-        self.draft_weight = 0.0                     # set by `build` from stage_options.edit_draft_weight
 
     def default_config(self) -> TrainConfig:
         options = {"kind_weights": {"edit": 0.7, "t2i": 0.3}} if self.name == "editing" else {}
@@ -425,14 +383,13 @@ class GenerationStage:
         from star.vq import load_vq
 
         opts = self.options(config)
-        self.draft_weight = opts.edit_draft_weight
         if self.name == "editing" and not opts.init:
             print("note: editing without stage_options.init trains a new stack, adapter and head from scratch")
         base = FrozenBase.from_pretrained(opts.base, device=device, dtype=dtype)
         vq = load_vq(opts.vq, device=device)
         paths = dict(base=str(Path(opts.base).resolve()), vq=vq_folder(opts.vq))
         settings = dict(cfg_dropout=opts.cfg_dropout, max_prompt_tokens=opts.max_prompt_tokens,
-                        edit_code_positions=opts.edit_code_positions, edit_order=opts.edit_order,
+                        edit_code_positions=opts.edit_code_positions,
                         edit_vit_min_tokens=opts.edit_vit_min_tokens, edit_vit_max_tokens=opts.edit_vit_max_tokens,
                         understand_vit_max_tokens=opts.understand_vit_max_tokens)
         if opts.init:
@@ -486,26 +443,17 @@ class GenerationStage:
         sources = encode_images(core.vq, batch.sources, device) if batch.sources else None   # (e, M)
         cond = Condition.from_rows(batch.rows, core.special.end_of_text, source_codes=sources,
                                    pixel_values=batch.pixel_values, image_grid_thw=batch.image_grid_thw, device=device)
-        drafting = self.draft_weight > 0 and sources is not None
-        out = model(cond, targets, drop_prompt=batch.drop.to(device), source_logits=drafting)
+        out = model(cond, targets, drop_prompt=batch.drop.to(device))
         with torch.no_grad():
             accuracy = (out.logits.argmax(-1) == targets).float().mean().item()
         prompt_tokens = int(cond.attention_mask.sum())
-        metrics = {
+        return out.loss, {
             "tokens": float(prompt_tokens + targets.numel()),
             "image_tokens": float(targets.numel()),
             "code_accuracy": accuracy,
             "dropped": float(batch.drop.float().mean()),
             "edit_share": sum(k == "edit" for k in batch.kinds) / len(batch.kinds),
         }
-        loss = out.loss
-        if drafting:
-            draft, draft_metrics = draft_loss(out.source_logits, sources, targets, batch.kinds, batch.drop.to(device))
-            loss = loss + self.draft_weight * draft
-            metrics.update(draft_metrics)
-        elif self.draft_weight > 0:                 # a micro-batch without edits
-            metrics.update(dict.fromkeys(DRAFT_METRICS, 0.0))
-        return loss, metrics
 
     def export(self, model: nn.Module, out_dir: Path) -> None:
         model.save_pretrained(out_dir)
