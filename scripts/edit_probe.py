@@ -1,5 +1,6 @@
 """Where does a STAR edit model go wrong? Teacher-forced code accuracy on ShapeImgEdit items, per edit type, split into
-the cells an edit keeps (target code = source code) and the cells it changes.
+the cells an edit keeps (target code = source code) and the cells it changes; "of which objects" are the kept cells
+whose code is not the source's most common one (its backdrop).
 
     python scripts/edit_probe.py --model runs/shapes/model [--split train|eval] [--n 200] [--seed 7]
 
@@ -60,19 +61,21 @@ def main() -> int:
             else:
                 predicted = model(cond, target, drop_prompt=torch.zeros(len(chunk), dtype=torch.bool)).logits.argmax(-1)
         right = predicted == target                                                              # (b, N)
-        kept = target == cond.source_codes.view(len(chunk), -1)                                  # (b, N)
-        for item, r, k in zip(chunk, right, kept):
-            c = counts.setdefault(item.edit_type, [0, 0, 0, 0])
-            for i, n in enumerate((r[k].sum(), k.sum(), r[~k].sum(), (~k).sum())):
+        source = cond.source_codes.view(len(chunk), -1)                                          # (b, N)
+        kept = target == source
+        ground = source == source.mode(dim=1).values[:, None]           # the source's most common code: backdrop
+        for item, r, k, g in zip(chunk, right, kept, ground):
+            c = counts.setdefault(item.edit_type, [0] * 6)
+            o = k & ~g                                                  # kept cells that show an object
+            for i, n in enumerate((r[k].sum(), k.sum(), r[~k].sum(), (~k).sum(), r[o].sum(), o.sum())):
                 c[i] += int(n)
-    total = [sum(c[i] for c in counts.values()) for i in range(4)]
+    total = [sum(c[i] for c in counts.values()) for i in range(6)]
     mode = "free-running" if args.free else "teacher-forced"
     print(f"model {args.model or DEFAULT_MODEL}, split {args.split}, {len(items)} items (seed {args.seed}), {mode}")
-    print("| edit type | kept cells: accuracy (cells) | changed cells: accuracy (cells) |\n|---|---|---|")
+    print("| edit type | kept cells: accuracy (cells) | of which objects | changed cells |\n|---|---|---|---|")
+    share = lambda right, n: f"{right / n:.3f} ({n})" if n else "- (0)"  # noqa: E731
     for name, c in sorted(counts.items()) + [("all", total)]:
-        kept = f"{c[0] / c[1]:.3f} ({c[1]})" if c[1] else "- (0)"
-        changed = f"{c[2] / c[3]:.3f} ({c[3]})" if c[3] else "- (0)"
-        print(f"| {name} | {kept} | {changed} |")
+        print(f"| {name} | {share(c[0], c[1])} | {share(c[4], c[5])} | {share(c[2], c[3])} |")
     return 0
 
 
