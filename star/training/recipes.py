@@ -200,7 +200,9 @@ def shapes(out: str = "runs/shapes") -> Recipe:
     the first few hundred steps broke the placement the cell table had taught (position 0.87 -> 0.58); half of its
     T2I samples carry the implicit-reasoning suffix (`reasoning_suffix`), which the
     generator otherwise never sees. Its 12,000 edits are seen ~1.2 times (going from 4,000 to 24,000 edits left
-    ShapeImgEdit where it was, `runs/shapes5`; 24,000 cost 5 more minutes to write and tokenise). Sampling defaults
+    ShapeImgEdit where it was, `runs/shapes5`; 24,000 cost 5 more minutes to write and tokenise). Editing is
+    undertrained at 900 steps (kept objects are copied better up to 2,100, ShapeImgEdit 1.94 -> 2.49 in `runs/e13b`,
+    the shipped model), but 1,200 more steps (~35 min) do not fit the budget. Sampling defaults
     are those a sweep of the second full run chose (EMA weights; T2I: temperature 0.7, no top-k, CFG 1.5; edits:
     temperature 1, CFG 3; docs/training.md). The vq stage runs only
     when the shipped tokenizer is missing (then add ~20 min: 2,500 steps with every cell's code fixed by the
