@@ -1,6 +1,7 @@
 """Where does a STAR edit model go wrong? Teacher-forced code accuracy on ShapeImgEdit items, per edit type, split into
 the cells an edit keeps (target code = source code) and the cells it changes; "of which objects" are the kept cells
-whose code is not the source's most common one (its backdrop).
+whose code is not the source's most common one (its backdrop); "first changed cell" is the share of items whose
+first changed cell in raster order is right (free-running decoding must start the edit there).
 
     python scripts/edit_probe.py --model runs/shapes/model [--split train|eval] [--n 200] [--seed 7]
 
@@ -65,17 +66,20 @@ def main() -> int:
         kept = target == source
         ground = source == source.mode(dim=1).values[:, None]           # the source's most common code: backdrop
         for item, r, k, g in zip(chunk, right, kept, ground):
-            c = counts.setdefault(item.edit_type, [0] * 6)
+            c = counts.setdefault(item.edit_type, [0] * 8)
             o = k & ~g                                                  # kept cells that show an object
-            for i, n in enumerate((r[k].sum(), k.sum(), r[~k].sum(), (~k).sum(), r[o].sum(), o.sum())):
+            first = (~k).int().argmax()                                 # the first cell the edit changes
+            for i, n in enumerate((r[k].sum(), k.sum(), r[~k].sum(), (~k).sum(), r[o].sum(), o.sum(),
+                                   r[first] & ~k[first], (~k).any())):
                 c[i] += int(n)
-    total = [sum(c[i] for c in counts.values()) for i in range(6)]
+    total = [sum(c[i] for c in counts.values()) for i in range(8)]
     mode = "free-running" if args.free else "teacher-forced"
     print(f"model {args.model or DEFAULT_MODEL}, split {args.split}, {len(items)} items (seed {args.seed}), {mode}")
-    print("| edit type | kept cells: accuracy (cells) | of which objects | changed cells |\n|---|---|---|---|")
+    print("| edit type | kept cells: accuracy (cells) | of which objects | changed cells | first changed cell "
+          "(items) |\n|---|---|---|---|---|")
     share = lambda right, n: f"{right / n:.3f} ({n})" if n else "- (0)"  # noqa: E731
     for name, c in sorted(counts.items()) + [("all", total)]:
-        print(f"| {name} | {share(c[0], c[1])} | {share(c[4], c[5])} | {share(c[2], c[3])} |")
+        print(f"| {name} | {share(c[0], c[1])} | {share(c[4], c[5])} | {share(c[2], c[3])} | {share(c[6], c[7])} |")
     return 0
 
 
