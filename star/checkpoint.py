@@ -85,18 +85,10 @@ def check_state(expected: dict[str, Tensor], state: dict[str, Tensor], source: s
     return report
 
 
-def load_trainable(model, state: dict[str, Tensor], source: str, new: tuple[str, ...] = ()) -> LoadReport:
-    """Strictly load stacks/adapter/head tensors into `model` (cast to each parameter's dtype and device).
-
-    `new`: key prefixes of parts the checkpoint is allowed to lack because this model adds them (e.g. a copy gate
-    added for editing); they keep their initialisation and are named in the report's notes (and printed)."""
+def load_trainable(model, state: dict[str, Tensor], source: str) -> LoadReport:
+    """Strictly load stacks/adapter/head tensors into `model` (cast to each parameter's dtype and device)."""
     expected = model.trainable_state_dict()
     report = check_state(expected, state, source)
-    added = [k for k in report.missing if k.startswith(new)] if new else []
-    if added:
-        report.missing = [k for k in report.missing if k not in added]
-        report.notes.append(f"new in this model, kept at their initialisation: {', '.join(added)}")
-        print(report)
     report.raise_if_bad()
     own = dict(model.named_parameters()) | dict(model.named_buffers())
     with torch.no_grad():

@@ -79,10 +79,6 @@ class HeadConfig:
     """Input width: the base's hidden size."""
     codebook_size: int = 65536
     """Output width: number of VQ codes."""
-    copy_source: bool = False
-    """Editing: a learned gate, Linear(hidden_size -> 1), adds its value to the logit of the source image's code in
-    the same grid cell, so keeping a cell needs only the decision to keep it (not upstream; a no-op for rows without
-    a source image). Source and target images must have the same code grid."""
 
     def __post_init__(self):
         for name in ("hidden_size", "codebook_size"):

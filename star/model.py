@@ -8,7 +8,7 @@ Data flow:
         image codes to feed (teacher forcing, or one per decode step) are appended: adapter(vq.embed(codes), cells),
         1-D positions continuing after the prompt (edits with config.edit_code_positions="source": after the source)
     Sequence ─▶ base (all layers + final norm; or up to config.base_layer) ─▶ stacked AR module(s) ─▶ head ─▶ code
-    logits (B, ·, K)   (a head with copy_source also reads cell_sources: each predicted cell's source code)
+    logits (B, ·, K)
 
 `forward` is the training pass (cross-entropy on image-code positions only, with prompt dropout to the CFG null row);
 `prefill` / `step` are the inference passes with a KV cache per module (base and each stack). Both go through
@@ -103,7 +103,6 @@ class DecodeState:
     attention_mask: Tensor   # (R, T_so_far)
     next_position: Tensor    # (R,)
     codes_fed: int = 0       # image codes appended so far (the next one's grid cell)
-    sources: Tensor | None = None   # (R, N) source code per target cell for a copying head (-1: none), else None
 
 
 @dataclass
@@ -178,20 +177,6 @@ class STAR(nn.Module):
         return {k: v for k, v in self.state_dict().items() if k.startswith(("stacks.", "adapter.", "head."))}
 
     # --- the single sequence builder -------------------------------------------
-    def cell_sources(self, cond: Condition) -> Tensor | None:
-        """(B, N) the source image's code in each target cell (-1 in rows without a source), for a head with
-        copy_source; None otherwise."""
-        if not self.config.head.copy_source or cond.source_codes is None:
-            return None
-        has = (cond.input_ids == self.special.vision_pad).any(1)                      # (B,)
-        n = self.num_image_tokens
-        if tuple(cond.source_codes.shape) != (int(has.sum()), n):
-            raise ValueError(f"head.copy_source needs one source image of {n} codes per edit row (the target's "
-                             f"grid); got source_codes {tuple(cond.source_codes.shape)} for {int(has.sum())} rows")
-        sources = cond.source_codes.new_full((cond.batch_size, n), -1)
-        sources[has] = cond.source_codes
-        return sources
-
     def embed_codes(self, codes: Tensor, first_cell: int = 0) -> Tensor:
         """(B, N) codes -> (B, N, D): adapter(vq.embed(codes)), the input embedding of image codes. Code j sits in
         grid cell (first_cell + j) mod the image's cells (used by an adapter with a cell embedding)."""
@@ -251,24 +236,19 @@ class STAR(nn.Module):
         return h
 
     # --- training -----------------------------------------------------------------
-    def forward(self, cond: Condition, codes: Tensor, drop_prompt: Tensor | None = None,
-                inputs: Tensor | None = None) -> STAROutput:
+    def forward(self, cond: Condition, codes: Tensor, drop_prompt: Tensor | None = None) -> STAROutput:
         """Teacher-forced next-code prediction on target codes (B, N); loss on the N code positions only.
 
         drop_prompt (B,) bool picks the rows trained on their CFG null row; None draws it with probability
-        config.cfg_dropout in training mode (no dropping in eval mode). inputs (B, N): the codes fed as the prefix
-        (default: `codes`, plain teacher forcing); the loss is on `codes` either way.
+        config.cfg_dropout in training mode (no dropping in eval mode).
         """
         b, n = codes.shape
         if drop_prompt is None:
             p = self.config.cfg_dropout if self.training else 0.0
             drop_prompt = torch.rand(b, device=codes.device) < p
-        fed = codes if inputs is None else inputs
-        if fed.shape != codes.shape:
-            raise ValueError(f"inputs {tuple(fed.shape)} must have the shape of codes {tuple(codes.shape)}")
-        seq = self.embed(cond.drop_prompts(drop_prompt.to(cond.input_ids.device)), fed[:, :-1])
+        seq = self.embed(cond.drop_prompts(drop_prompt.to(cond.input_ids.device)), codes[:, :-1])
         hidden = self.hidden_states(seq)[:, -n:]                 # (B, N, D): <|vision_start|> and codes[:, :-1]
-        logits = self.head(hidden, self.cell_sources(cond))      # (B, N, K)
+        logits = self.head(hidden)                               # (B, N, K)
         loss = F.cross_entropy(logits.float().flatten(0, 1), codes.flatten())
         return STAROutput(loss=loss, logits=logits, dropped=drop_prompt)
 
@@ -279,9 +259,8 @@ class STAR(nn.Module):
 
         seq = self.embed(cond)
         caches = [DynamicCache(config=self.base.text_config)] + [s.new_cache() for s in self.stacks]
-        sources = self.cell_sources(cond)                                                       # (R, N) or None
-        state = DecodeState(caches, seq.attention_mask, seq.next_position, sources=sources)
-        return self.head(self.hidden_states(seq, state)[:, -1], None if sources is None else sources[:, 0]), state
+        state = DecodeState(caches, seq.attention_mask, seq.next_position)
+        return self.head(self.hidden_states(seq, state)[:, -1]), state
 
     def step(self, codes: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
         """Feed one code per row (R,) through base and stacks with their caches; return next logits (R, K)."""
@@ -289,10 +268,8 @@ class STAR(nn.Module):
         mask = torch.cat([state.attention_mask, state.attention_mask.new_ones(r, 1)], dim=1)   # (R, T + 1)
         positions = state.next_position.view(1, r, 1).expand(3, r, 1)                          # (3, R, 1)
         seq = Sequence(self.embed_codes(codes[:, None], state.codes_fed), mask, positions, state.next_position + 1)
-        state = DecodeState(state.caches, mask, seq.next_position, state.codes_fed + 1, state.sources)
-        cell = state.codes_fed                                                                  # the code predicted
-        source = state.sources[:, cell] if state.sources is not None and cell < state.sources.shape[1] else None
-        return self.head(self.hidden_states(seq, state)[:, -1], source), state
+        state = DecodeState(state.caches, mask, seq.next_position, state.codes_fed + 1)
+        return self.head(self.hidden_states(seq, state)[:, -1]), state
 
     # --- persistence (star.checkpoint) ------------------------------------------
     def save_pretrained(self, directory) -> None:

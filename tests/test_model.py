@@ -245,45 +245,6 @@ def test_cell_embedding_gives_every_code_its_grid_cell_in_training_and_decoding(
         make_star(adapter={**grid, "grid_cells": 9})
 
 
-def test_copy_gate_raises_the_source_code_of_each_cell_in_training_and_decoding(make_star):
-    from star.checkpoint import load_trainable
-
-    plain = make_star()
-    model = make_star(head=dict(hidden_size=64, codebook_size=64, copy_source=True))
-    with pytest.raises(KeyError, match="copy_gate"):
-        load_trainable(model, plain.trainable_state_dict(), "plain")
-    report = load_trainable(model, plain.trainable_state_dict(), "plain", new=("head.copy_gate.",))
-    assert "head.copy_gate.weight" in report.notes[0] and report.ok
-
-    pipe, tok, sp = STARPipeline(model), model.base.tokenizer, model.special
-    image = rgb(0)
-    pixels, grid, n_vit = pipe._vit_inputs(image, model.config.edit_vit_min_tokens, model.config.edit_vit_max_tokens)
-    source = pipe._encode_vq([image])                                                          # (1, 16)
-    rows = [edit_row(tok, sp, "make the cube blue", 16, n_vit), t2i_row(tok, sp, "a red cube")]
-    cond = Condition.from_rows(rows, sp.end_of_text, source_codes=source, pixel_values=pixels, image_grid_thw=grid)
-    codes = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(6))
-    keep = torch.tensor([False, False])
-    with torch.no_grad():
-        before = plain(cond, codes, drop_prompt=keep).logits
-        torch.testing.assert_close(model(cond, codes, drop_prompt=keep).logits, before, atol=0, rtol=0)
-        model.head.copy_gate.bias.fill_(3.0)                                   # an open gate: +3 on the source code
-        after = model(cond, codes, drop_prompt=keep).logits
-    bonus = torch.zeros_like(before)
-    bonus[0, torch.arange(16), source[0]] = 3.0                                # the edit row, cell j's source code
-    torch.testing.assert_close(after - before, bonus, atol=1e-5, rtol=0)       # the T2I row is untouched
-
-    both = cond.with_null()                                                    # decoding knows each step's cell
-    cached, _ = step_logits(model, both, codes.repeat(2, 1))
-    with torch.no_grad():
-        full = model(both, codes.repeat(2, 1), drop_prompt=torch.zeros(4, dtype=torch.bool)).logits
-    torch.testing.assert_close(cached, full, atol=ATOL, rtol=0)
-
-    wrong = Condition.from_rows(rows, sp.end_of_text, source_codes=source[:, :8].repeat(1, 2)[:, :15],
-                                pixel_values=pixels, image_grid_thw=grid)
-    with pytest.raises(ValueError, match="vision_pad"):
-        model(wrong, codes, drop_prompt=keep)
-
-
 # -----------------------------------------------------------------------------
 # Training
 

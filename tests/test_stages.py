@@ -95,15 +95,13 @@ def stage_cases(tiny_base_dir, star_vq_dir, dataset, gen_export):
         "editing-new-stack": ({**gen, "init": str(gen_export), "new_stack": True, "stack_layers": 1,
                                "train_adapter": False},
                               ("stacks.1", "head"), ("base", "vq", "stacks.0", "adapter")),
-        "editing-copy-source": ({**gen, "init": str(gen_export), "copy_source": True, "train_adapter": False},
-                                ("stacks.0", "head"), ("base", "vq", "adapter")),   # the gate is new and trains
     }
 
 
 @pytest.mark.parametrize("case", ["understanding", "understanding-freeze-layers", "vq", "vq-dictionary-warmup",
                                   "generation",
                                   "generation-frozen-adapter", "editing",
-                                  "editing-new-stack", "editing-copy-source"])
+                                  "editing-new-stack"])
 def test_stage_declares_what_trains_and_a_step_moves_exactly_that(case, tmp_path, tiny_base_dir, star_vq_dir,
                                                                    dataset, gen_export):
     options, trainable, frozen = stage_cases(tiny_base_dir, star_vq_dir, dataset, gen_export)[case]
@@ -351,43 +349,6 @@ def test_editing_batches_carry_both_image_views_and_mix_t2i(tmp_path, tiny_base_
     with pytest.raises(ValueError, match="reasoning_suffix"):
         stage.batches(stage_config("editing", tmp_path, base=str(tiny_base_dir), vq=str(star_vq_dir),
                                    data=str(dataset), reasoning_suffix=1.5), 0, 1, 0)
-
-
-def test_source_prefix_feeds_the_source_codes_of_edits_and_keeps_the_loss_on_the_target(tmp_path, tiny_base_dir,
-                                                                                       star_vq_dir, dataset):
-    from star.model import Condition
-    from star.training.stage_generation import encode_images
-
-    def setup(p: float):
-        stage = get_stage("editing")
-        config = stage_config("editing", tmp_path, base=str(tiny_base_dir), vq=str(star_vq_dir), data=str(dataset),
-                              kind_weights={"edit": 0.5, "t2i": 0.5}, source_prefix=p)
-        torch.manual_seed(0)
-        return stage, stage.build(config, torch.device("cpu"), torch.float32).eval(), stage.batches(config, 0, 1, 0)
-
-    stage, model, stream = setup(1.0)
-    batch = next(stream)
-    assert "edit" in batch.kinds and "t2i" in batch.kinds
-    cpu = torch.device("cpu")
-    targets = encode_images(model.vq, batch.targets, cpu)                                  # (b, N)
-    sources = encode_images(model.vq, batch.sources, cpu)                                  # (e, N)
-    edits = torch.tensor([k == "edit" for k in batch.kinds])
-    fed = targets.clone()
-    fed[edits] = sources                                                                   # every edit cell swapped
-    cond = Condition.from_rows(batch.rows, model.special.end_of_text, source_codes=sources,
-                               pixel_values=batch.pixel_values, image_grid_thw=batch.image_grid_thw)
-    with torch.no_grad():
-        loss, _ = stage.loss(model, batch)
-        expected = model(cond, targets, drop_prompt=batch.drop, inputs=fed)
-        plain = model(cond, targets, drop_prompt=batch.drop)
-    torch.testing.assert_close(loss, expected.loss, rtol=1e-5, atol=1e-6)
-    assert not torch.equal(fed, targets) and not torch.allclose(loss, plain.loss), "the prefix changed"
-
-    stage0, model0, stream0 = setup(0.0)
-    with torch.no_grad():
-        torch.testing.assert_close(stage0.loss(model0, next(stream0))[0], plain.loss, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="source_prefix"):
-        setup(1.5)
 
 
 # -----------------------------------------------------------------------------

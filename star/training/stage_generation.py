@@ -75,14 +75,6 @@ class GenerationOptions:
     cell_embedding: bool = False
     """Give a new pixel adapter a learned embedding of each code's grid cell (AdapterConfig.grid_cells), so the stack
     knows a code's column, which 1-D positions hide from a small model (not upstream)."""
-    copy_source: bool = False
-    """Give the pixel head a copy gate (HeadConfig.copy_source): editing keeps a cell by raising the logit of the
-    source's code there. Added to an init model without one, the gate starts at zero (not upstream)."""
-    source_prefix: float = 0.0
-    """Editing: probability that each teacher-forced input cell of an edit is the source image's code in that cell
-    instead of the target's (the loss stays on the target). The prefix then often looks unedited where the edit
-    should have begun, as in free-running decoding that copied too long, so the model learns to start and carry an
-    edit from the instruction and the source, not from the prefix (scheduled-sampling style; not upstream)."""
     new_stack: bool = False
     """Progressive stacking: put a further stack (stack_layers, copied from the base's top) on the init model and
     freeze the earlier stacks."""
@@ -113,8 +105,6 @@ class GenerationOptions:
     def __post_init__(self):
         if not 0.0 <= self.cfg_dropout < 1.0:
             raise ValueError(f"stage_options.cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
-        if not 0.0 <= self.source_prefix <= 1.0:
-            raise ValueError(f"stage_options.source_prefix must be in [0, 1], got {self.source_prefix}")
         if not 0.0 <= self.reasoning_suffix <= 1.0:
             raise ValueError(f"stage_options.reasoning_suffix must be in [0, 1], got {self.reasoning_suffix}")
         for name in ("stack_layers", "adapter_depth", "max_prompt_tokens"):
@@ -357,7 +347,6 @@ class GenerationStage:
         # Declared for the default build (one stack, adapter trains); `build` refines it from the options.
         self.trainable: tuple[str, ...] = ("stacks.0", "adapter", "head")
         self.frozen: tuple[str, ...] = ("base", "vq")
-        self.source_prefix = 0.0                     # GenerationOptions.source_prefix, set by `build`
 
     def default_config(self) -> TrainConfig:
         options = {"kind_weights": {"edit": 0.7, "t2i": 0.3}} if self.name == "editing" else {}
@@ -394,7 +383,6 @@ class GenerationStage:
         from star.vq import load_vq
 
         opts = self.options(config)
-        self.source_prefix = opts.source_prefix
         if self.name == "editing" and not opts.init:
             print("note: editing without stage_options.init trains a new stack, adapter and head from scratch")
         base = FrozenBase.from_pretrained(opts.base, device=device, dtype=dtype)
@@ -411,8 +399,6 @@ class GenerationStage:
                 merged["edit_sampling"] = {**(merged["edit_sampling"] or merged["sampling"]), **opts.edit_sampling}
             if opts.sampling:
                 merged["sampling"] = {**merged["sampling"], **opts.sampling}
-            if opts.copy_source:
-                merged["head"] = {**merged["head"], "copy_source": True}
             star_config = STARConfig.from_dict(merged)
             if opts.cell_embedding and not star_config.adapter.grid_cells:
                 raise ValueError(f"stage_options.cell_embedding=true, but the init model {init} has an adapter "
@@ -428,13 +414,12 @@ class GenerationStage:
                 adapter=AdapterConfig(code_dim=vq.config.code_dim, hidden_size=d, depth=opts.adapter_depth,
                                       grid_cells=(vq.config.resolution // vq.config.downsample) ** 2
                                       if opts.cell_embedding else 0),
-                head=HeadConfig(hidden_size=d, codebook_size=vq.config.codebook_size, copy_source=opts.copy_source),
+                head=HeadConfig(hidden_size=d, codebook_size=vq.config.codebook_size),
                 sampling=SamplingConfig(**opts.sampling) if opts.sampling else SamplingConfig(),
                 edit_sampling=SamplingConfig(**opts.edit_sampling) if opts.edit_sampling else None)
         model = STAR(star_config, base, vq)
         if opts.init:
-            load_trainable(model, load_file(str(Path(opts.init) / "model.safetensors")), str(opts.init),
-                           new=("head.copy_gate.",) if opts.copy_source else ())
+            load_trainable(model, load_file(str(Path(opts.init) / "model.safetensors")), str(opts.init))
         if opts.new_stack:
             model.add_stack(StackedARConfig(num_layers=opts.stack_layers, init=opts.stack_init))
         n = len(model.stacks)
@@ -458,14 +443,7 @@ class GenerationStage:
         sources = encode_images(core.vq, batch.sources, device) if batch.sources else None   # (e, M)
         cond = Condition.from_rows(batch.rows, core.special.end_of_text, source_codes=sources,
                                    pixel_values=batch.pixel_values, image_grid_thw=batch.image_grid_thw, device=device)
-        inputs = None
-        if sources is not None and self.source_prefix > 0:
-            edit_rows = torch.tensor([k == "edit" for k in batch.kinds], device=device)            # (b,)
-            aligned = targets.clone()
-            aligned[edit_rows] = sources                                                        # (b, N)
-            swap = edit_rows[:, None] & (torch.rand(targets.shape, device=device) < self.source_prefix)
-            inputs = torch.where(swap, aligned, targets)
-        out = model(cond, targets, drop_prompt=batch.drop.to(device), inputs=inputs)
+        out = model(cond, targets, drop_prompt=batch.drop.to(device))
         with torch.no_grad():
             accuracy = (out.logits.argmax(-1) == targets).float().mean().item()
         prompt_tokens = int(cond.attention_mask.sum())
