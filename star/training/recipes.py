@@ -196,21 +196,22 @@ def shapes(out: str = "runs/shapes") -> Recipe:
     code's grid cell (`cell_embedding`): with 1-D positions alone the stack hardly knows a code's column (left/right
     was drawn at chance) and learnt colour binding ~2x later. Editing uses source-aligned code positions
     (`edit_code_positions="source"`), with which 900 steps at lr 1e-3 edit better and keep text-to-image
-    (docs/training.md); it now runs 900 steps at lr 5e-4 on half edits, half T2I, because at lr 1e-3 on a quarter T2I
-    the first few hundred steps broke the placement the cell table had taught (position 0.87 -> 0.58); half of its
-    T2I samples carry the implicit-reasoning suffix (`reasoning_suffix`), which the
-    generator otherwise never sees. Its 12,000 edits are seen ~1.2 times (going from 4,000 to 24,000 edits left
-    ShapeImgEdit where it was, `runs/shapes5`; 24,000 cost 5 more minutes to write and tokenise). Editing is
-    undertrained at 900 steps (kept objects are copied better up to 2,100, ShapeImgEdit 1.94 -> 2.49 in `runs/e13b`,
-    the shipped model), but 1,200 more steps (~35 min) do not fit the budget. Sampling defaults
-    are those a sweep of the second full run chose (EMA weights; T2I: temperature 0.7, no top-k, CFG 1.5; edits:
-    temperature 1, CFG 3; docs/training.md). The vq stage runs only
+    (docs/training.md); it runs 900 steps on half edits, half T2I (at lr 1e-3 on a quarter T2I the first few hundred
+    steps broke the placement the cell table had taught, position 0.87 -> 0.58); half of its T2I samples carry the
+    implicit-reasoning suffix (`reasoning_suffix`), which the generator otherwise never sees. Its 12,000 edits are
+    seen ~1.2 times (going from 4,000 to 24,000 edits left ShapeImgEdit where it was, `runs/shapes5`; 24,000 cost 5
+    more minutes to write and tokenise). Editing is undertrained at 900 steps (kept objects are copied better up to
+    2,100, ShapeImgEdit 1.94 -> 2.49 in `runs/e13b`, the shipped model), and 1,200 more steps (~35 min) do not fit
+    the budget; lr 1e-3 (min 2e-4) instead of 5e-4 gets most of the way in 900 (ShapeImgEdit 1.97 -> 2.30,
+    ShapeGenEval 0.925, `runs/c14c`; 2e-3: 2.20). Sampling defaults: EMA weights; T2I temperature 0.7, no top-k,
+    CFG 1.5 (a sweep of the second full run); edits greedy at CFG 2, which helps once the editor copies objects
+    (thirteenth session; docs/training.md). The vq stage runs only
     when the shipped tokenizer is missing (then add ~20 min: 2,500 steps with every cell's code fixed by the
     exact-tile dictionary, as the shipped tokenizer was trained).
     """
     o = Path(out)
     sampling = {"guidance_scale": 1.5, "top_k": 0, "top_p": 1.0, "temperature": 0.7}
-    edit_sampling = {"guidance_scale": 3.0, "top_k": 0, "top_p": 1.0, "temperature": 1.0}
+    edit_sampling = {"guidance_scale": 2.0, "top_k": 0, "top_p": 1.0, "temperature": 0.0}
     return Recipe(
         name="shapes", out=out,
         base=TinyBaseSpec(match_vision_norm=True),
@@ -250,7 +251,7 @@ def shapes(out: str = "runs/shapes") -> Recipe:
                         ("t2i",)),
             RecipeStage("editing", _config(
                 "editing", o, steps=900, batch_size=32, checkpoint_every=50, snapshot_every=300, ema_decay=0.995,
-                optim=dict(lr=5e-4, min_lr=1e-4, warmup_steps=100, weight_decay=0.05),
+                optim=dict(lr=1e-3, min_lr=2e-4, warmup_steps=100, weight_decay=0.05),
                 stage_options=dict(base=str(o / "base"), vq=str(o / "vq"), init=str(o / "generation" / "export"),
                                    data=[str(o / "data" / "edit"), str(o / "data" / "t2i")],
                                    kind_weights={"edit": 0.5, "t2i": 0.5}, train_adapter=False,
