@@ -100,6 +100,7 @@ def test_shipped_shapes_tokenizer_round_trips_scenes(tmp_path):
     ceiling = summary["imgedit"]
     assert ceiling["items"] == 27 and len(ceiling["tasks"]) == 9, ceiling
     assert all(ceiling["tasks"][t] >= 4.0 for t in ("add", "remove", "replace", "background")), ceiling
+    assert ceiling["tasks"]["extract"] >= 4.0, "its second decoder draws an extract target's pure white backdrop"
 
 
 class _PixelCodec(torch.nn.Module):
