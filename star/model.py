@@ -236,13 +236,11 @@ class STAR(nn.Module):
         return h
 
     # --- training -----------------------------------------------------------------
-    def forward(self, cond: Condition, codes: Tensor, drop_prompt: Tensor | None = None,
-                weights: Tensor | None = None) -> STAROutput:
+    def forward(self, cond: Condition, codes: Tensor, drop_prompt: Tensor | None = None) -> STAROutput:
         """Teacher-forced next-code prediction on target codes (B, N); loss on the N code positions only.
 
         drop_prompt (B,) bool picks the rows trained on their CFG null row; None draws it with probability
-        config.cfg_dropout in training mode (no dropping in eval mode). weights (B, N) >= 0: the loss is the
-        weighted mean of the positions' cross-entropies (None: the plain mean).
+        config.cfg_dropout in training mode (no dropping in eval mode).
         """
         b, n = codes.shape
         if drop_prompt is None:
@@ -251,12 +249,7 @@ class STAR(nn.Module):
         seq = self.embed(cond.drop_prompts(drop_prompt.to(cond.input_ids.device)), codes[:, :-1])
         hidden = self.hidden_states(seq)[:, -n:]                 # (B, N, D): <|vision_start|> and codes[:, :-1]
         logits = self.head(hidden)                               # (B, N, K)
-        if weights is None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), codes.flatten())
-        else:
-            ce = F.cross_entropy(logits.float().flatten(0, 1), codes.flatten(), reduction="none")   # (B*N,)
-            w = weights.to(ce).flatten()
-            loss = (ce * w).sum() / w.sum()
+        loss = F.cross_entropy(logits.float().flatten(0, 1), codes.flatten())
         return STAROutput(loss=loss, logits=logits, dropped=drop_prompt)
 
     # --- inference ---------------------------------------------------------------

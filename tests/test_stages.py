@@ -351,49 +351,6 @@ def test_editing_batches_carry_both_image_views_and_mix_t2i(tmp_path, tiny_base_
                                    data=str(dataset), reasoning_suffix=1.5), 0, 1, 0)
 
 
-def test_edit_change_weight_weighs_the_cells_an_edit_changes(tmp_path, tiny_base_dir, star_vq_dir, dataset):
-    from star.model import Condition
-    from star.training.stage_generation import encode_images
-
-    def stage_with(weight: float):
-        stage = get_stage("editing")
-        config = stage_config("editing", tmp_path, base=str(tiny_base_dir), vq=str(star_vq_dir), data=str(dataset),
-                              kind_weights={"edit": 0.5, "t2i": 0.5}, stack_layers=2, edit_change_weight=weight)
-        torch.manual_seed(0)
-        return stage, stage.build(config, torch.device("cpu"), torch.float32), stage.batches(config, 0, 1, 0)
-
-    plain, model, stream = stage_with(1.0)
-    weighted, model3, _ = stage_with(3.0)
-    model3.load_state_dict(model.state_dict())
-    batch = next(stream)
-    edits = [i for i, k in enumerate(batch.kinds) if k == "edit"]
-    assert edits and len(edits) < len(batch.kinds), "the batch mixes edits and T2I"
-    batch.drop = torch.zeros(len(batch.kinds), dtype=torch.bool)
-    batch.drop[edits[0]] = True                                   # a null row: no instruction, weight 1 everywhere
-
-    targets = encode_images(model.vq, batch.targets, torch.device("cpu"))                  # (b, N)
-    sources = encode_images(model.vq, batch.sources, torch.device("cpu"))                  # (e, N)
-    assert plain.change_weights(targets, sources, batch) is None
-    w = weighted.change_weights(targets, sources, batch)
-    expected = torch.ones_like(w)
-    for j, i in enumerate(edits[1:], start=1):
-        expected[i] = torch.where(targets[i] != sources[j], 3.0, 1.0)
-    assert torch.equal(w, expected)
-
-    cond = Condition.from_rows(batch.rows, model.special.end_of_text, source_codes=sources,
-                               pixel_values=batch.pixel_values, image_grid_thw=batch.image_grid_thw)
-    with torch.no_grad():
-        logits = model(cond, targets, drop_prompt=batch.drop).logits
-        ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
-        loss1, _ = plain.loss(model, batch)
-        loss3, _ = weighted.loss(model3, batch)
-    torch.testing.assert_close(loss1, ce.mean(), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(loss3, (ce * w.flatten()).sum() / w.sum(), rtol=1e-5, atol=1e-6)
-    assert bool((w > 1).any()) and not torch.isclose(loss1, loss3), "the edits change some cells, which weigh more"
-    with pytest.raises(ValueError, match="edit_change_weight"):
-        stage_with(0.0)
-
-
 # -----------------------------------------------------------------------------
 # star tokenize
 

@@ -82,10 +82,6 @@ class GenerationOptions:
     """Train the pixel adapter (gradients then pass back through the frozen base); False runs the base graph-free."""
     cfg_dropout: float = 0.1
     """Probability that a sample's prompt is replaced by its CFG null row (drawn from the seed and sample index)."""
-    edit_change_weight: float = 1.0
-    """Loss weight of the target cells an edit changes (target code != the source's code in that cell; edit rows
-    trained on their instruction only); every other code position weighs 1 and the loss is the weighted mean. 1 =
-    plain cross-entropy. Needs target and source grids of one size."""
     reasoning_suffix: float = 0.0
     """Share of T2I samples trained on the row implicit reasoning builds (the prompt + chat.REASONING_SUFFIX, as
     STARPipeline writes it around the base's answer), so the generator reads such rows as it reads plain prompts."""
@@ -111,8 +107,6 @@ class GenerationOptions:
             raise ValueError(f"stage_options.cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
         if not 0.0 <= self.reasoning_suffix <= 1.0:
             raise ValueError(f"stage_options.reasoning_suffix must be in [0, 1], got {self.reasoning_suffix}")
-        if self.edit_change_weight <= 0:
-            raise ValueError(f"stage_options.edit_change_weight must be > 0, got {self.edit_change_weight}")
         for name in ("stack_layers", "adapter_depth", "max_prompt_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"stage_options.{name} must be >= 1, got {getattr(self, name)}")
@@ -353,7 +347,6 @@ class GenerationStage:
         # Declared for the default build (one stack, adapter trains); `build` refines it from the options.
         self.trainable: tuple[str, ...] = ("stacks.0", "adapter", "head")
         self.frozen: tuple[str, ...] = ("base", "vq")
-        self.edit_change_weight = 1.0             # set by `build` from the options
 
     def default_config(self) -> TrainConfig:
         options = {"kind_weights": {"edit": 0.7, "t2i": 0.3}} if self.name == "editing" else {}
@@ -390,7 +383,6 @@ class GenerationStage:
         from star.vq import load_vq
 
         opts = self.options(config)
-        self.edit_change_weight = opts.edit_change_weight
         if self.name == "editing" and not opts.init:
             print("note: editing without stage_options.init trains a new stack, adapter and head from scratch")
         base = FrozenBase.from_pretrained(opts.base, device=device, dtype=dtype)
@@ -451,8 +443,7 @@ class GenerationStage:
         sources = encode_images(core.vq, batch.sources, device) if batch.sources else None   # (e, M)
         cond = Condition.from_rows(batch.rows, core.special.end_of_text, source_codes=sources,
                                    pixel_values=batch.pixel_values, image_grid_thw=batch.image_grid_thw, device=device)
-        weights = self.change_weights(targets, sources, batch) if sources is not None else None
-        out = model(cond, targets, drop_prompt=batch.drop.to(device), weights=weights)
+        out = model(cond, targets, drop_prompt=batch.drop.to(device))
         with torch.no_grad():
             accuracy = (out.logits.argmax(-1) == targets).float().mean().item()
         prompt_tokens = int(cond.attention_mask.sum())
@@ -463,20 +454,6 @@ class GenerationStage:
             "dropped": float(batch.drop.float().mean()),
             "edit_share": sum(k == "edit" for k in batch.kinds) / len(batch.kinds),
         }
-
-    def change_weights(self, targets: Tensor, sources: Tensor, batch: GenBatch) -> Tensor | None:
-        """(b, N) loss weights: `edit_change_weight` on the cells an edit row (on its instruction) changes, else 1;
-        None when the weight is 1."""
-        if self.edit_change_weight == 1.0:
-            return None
-        rows = torch.tensor([i for i, k in enumerate(batch.kinds) if k == "edit"], device=targets.device)   # (e,)
-        if sources.shape != (len(rows), targets.shape[1]):
-            raise ValueError(f"edit_change_weight needs source and target grids of one size; got sources "
-                             f"{tuple(sources.shape)} for {len(rows)} edit rows of {targets.shape[1]} codes")
-        changed = (targets[rows] != sources) & ~batch.drop.to(targets.device)[rows, None]             # (e, N)
-        weights = torch.ones(targets.shape, dtype=torch.float32, device=targets.device)
-        weights[rows] = 1.0 + (self.edit_change_weight - 1.0) * changed.float()
-        return weights
 
     def export(self, model: nn.Module, out_dir: Path) -> None:
         model.save_pretrained(out_dir)
