@@ -30,16 +30,18 @@ class StackedARConfig:
 
     num_layers: int = 16
     """Decoder layers in this module (upstream: 16 on Qwen2.5-VL-3B, 14 on 7B)."""
-    init: Literal["copy", "random"] = "copy"
-    """"copy": weights of `source_layers` of the base (and its final norm); "random": normal(0, initializer_range)."""
+    init: Literal["copy", "random", "identity"] = "copy"
+    """"copy": weights of `source_layers` of the base (and its final norm); "random": normal(0, initializer_range);
+    "identity": "copy" with every layer's output projections at zero, so each layer adds nothing to the residual
+    stream at the start (block expansion; for a module stacked on another, `STAR.add_stack`)."""
     source_layers: tuple[int, int] | None = None
     """Base layer range [start, end) to copy; None = the base's last `num_layers` layers (upstream)."""
 
     def __post_init__(self):
         if self.num_layers <= 0:
             raise ValueError(f"stacked_ar.num_layers must be > 0, got {self.num_layers}")
-        if self.init not in ("copy", "random"):
-            raise ValueError(f"stacked_ar.init must be 'copy' or 'random', got {self.init!r}")
+        if self.init not in ("copy", "random", "identity"):
+            raise ValueError(f"stacked_ar.init must be 'copy', 'random' or 'identity', got {self.init!r}")
         if self.source_layers is not None:
             start, end = (int(v) for v in self.source_layers)
             if not 0 <= start < end or end - start != self.num_layers:

@@ -164,10 +164,15 @@ class STAR(nn.Module):
         return self
 
     def add_stack(self, config: StackedARConfig) -> StackedAR:
-        """Progressive stacking: freeze every existing stack and put a new one on top (initialised per `config`)."""
+        """Progressive stacking: freeze every existing stack and put a new one on top (initialised per `config`).
+        With init "identity" the new module starts as (nearly) the identity on the previous one's output: its final
+        norm is set to the RMS of that output's norm weights (the output's RMS when its channels are alike)."""
         for stack in self.stacks:
             stack.requires_grad_(False)
         stack = StackedAR.from_base(self.base, config)
+        if config.init == "identity" and self.stacks:
+            below = self.stacks[-1].decoder.norm.weight.float()
+            stack.start_as_identity(float(below.pow(2).mean().sqrt()))
         self.stacks.append(stack)
         self.config.stacks.append(config)
         return stack

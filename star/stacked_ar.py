@@ -10,8 +10,11 @@ dict keys (`decoder.layers.{i}.…`, `decoder.norm.weight`) mirror upstream's `s
 
 Initialisation (`StackedARConfig.init`): "copy" clones the base's layers `source_layers` (default: the last N, as
 upstream) and the base's final norm from the already-loaded base (the base is never loaded twice); "random" draws
-normal(0, initializer_range) weights and unit norms. Modified from: upstream MM-MVR/STAR star/models/model.py
-(which builds a full second Qwen2.5-VL and loads the base checkpoint again to copy the layers).
+normal(0, initializer_range) weights and unit norms; "identity" copies and then zeroes each layer's output
+projections (attention `o_proj`, MLP `down_proj`), so the layers start as the identity on the residual stream and
+the module returns its input renormalised (`start_as_identity`).
+Modified from: upstream MM-MVR/STAR star/models/model.py (which builds a full second Qwen2.5-VL and loads the base
+checkpoint again to copy the layers).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ class StackedAR(nn.Module):
         with torch.device("meta"):
             decoder = type(lm)(text_config)
         del decoder.embed_tokens                      # the stack reads hidden states, never token ids
-        if config.init == "copy":
+        if config.init in ("copy", "identity"):
             state = {f"layers.{i}.{k}": v.detach().clone()
                      for i, layer in enumerate(lm.layers[start:end]) for k, v in layer.state_dict().items()}
             state.update({f"norm.{k}": v.detach().clone() for k, v in lm.norm.state_dict().items()})
@@ -56,7 +59,22 @@ class StackedAR(nn.Module):
             _random_init(decoder, std=text_config.initializer_range)
         decoder.rotary_emb = copy.deepcopy(lm.rotary_emb)   # non-persistent buffers; meta-built ones are empty
         decoder.requires_grad_(True)
-        return cls(decoder, config)
+        stack = cls(decoder, config)
+        if config.init == "identity":
+            stack.start_as_identity()
+        return stack
+
+    @torch.no_grad()
+    def start_as_identity(self, input_rms: float | None = None) -> None:
+        """Zero every layer's output projections, so the residual stream passes through unchanged; with
+        `input_rms`, also set the final norm's weights to it, so an input of that RMS comes out as it went in."""
+        for layer in self.decoder.layers:
+            for proj in (layer.self_attn.o_proj, layer.mlp.down_proj):
+                proj.weight.zero_()
+                if proj.bias is not None:
+                    proj.bias.zero_()
+        if input_rms is not None:
+            self.decoder.norm.weight.fill_(input_rms)
 
     def new_cache(self):
         from transformers import DynamicCache

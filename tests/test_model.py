@@ -108,6 +108,32 @@ def test_stack_init_options_and_progressive_stacking(make_star):
     torch.testing.assert_close(step_logits(model, cond, codes)[0], full_logits(model, cond, codes), atol=ATOL, rtol=0)
 
 
+def test_an_identity_stack_starts_as_its_input_renormalised(make_star):
+    model = make_star()
+    for p in model.stacks[0].decoder.norm.parameters():
+        p.data.copy_(torch.linspace(0.5, 1.5, p.numel()))        # a trained-looking, uneven norm below
+    cond = Condition.from_rows([t2i_row(model.base.tokenizer, model.special, "a red cube")], model.special.end_of_text)
+    seq = model.embed(cond)
+    with torch.no_grad():
+        below = model.hidden_states(seq)                                                    # (1, T, D)
+    top = model.add_stack(StackedARConfig(num_layers=2, init="identity"))
+    layer = top.decoder.layers[0]
+    assert not layer.self_attn.o_proj.weight.any() and not layer.mlp.down_proj.weight.any()
+    assert layer.self_attn.q_proj.weight.any(), "the rest of the layer is the base's copy"
+    scale = model.stacks[0].decoder.norm.weight.pow(2).mean().sqrt()
+    assert torch.allclose(top.decoder.norm.weight, scale.expand_as(top.decoder.norm.weight))
+    with torch.no_grad():
+        out = model.hidden_states(seq)
+    rms = below.pow(2).mean(-1, keepdim=True).sqrt()
+    torch.testing.assert_close(out, below / rms * scale, atol=1e-4, rtol=1e-4)
+    cosine = torch.nn.functional.cosine_similarity(out, below, dim=-1)
+    assert bool((cosine > 0.9999).all()), "each position's direction is kept; only its length is renormalised"
+    codes = torch.randint(0, 64, (1, 8), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(step_logits(model, cond, codes)[0], full_logits(model, cond, codes), atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="'identity'"):
+        StackedARConfig(num_layers=1, init="zeros")
+
+
 # -----------------------------------------------------------------------------
 # Sequences: null row, positions, cached decoding
 

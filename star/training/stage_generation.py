@@ -65,7 +65,9 @@ class GenerationOptions:
     stack_layers: int = 4
     """Layers of a new stacked AR module, copied from the base's top layers (upstream: 16 on 3B, 14 on 7B)."""
     stack_init: str = "copy"
-    """How a new stack starts: "copy" (the base's top layers and final norm, upstream) or "random"."""
+    """How a new stack starts: "copy" (the base's top layers and final norm, upstream), "random", or "identity"
+    ("copy" with the layers' output projections at zero; with new_stack the module starts as the identity on the
+    earlier one, StackedARConfig.init)."""
     base_layer: int | None = None
     """Base layer whose output a new stack reads (STARConfig.base_layer); None = the top, after the final norm
     (upstream). With k, "copy" takes the base's layers k+1..k+stack_layers: the stack starts as the base's own
@@ -110,8 +112,9 @@ class GenerationOptions:
         for name in ("stack_layers", "adapter_depth", "max_prompt_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"stage_options.{name} must be >= 1, got {getattr(self, name)}")
-        if self.stack_init not in ("copy", "random"):
-            raise ValueError(f"stage_options.stack_init must be 'copy' or 'random', got {self.stack_init!r}")
+        if self.stack_init not in ("copy", "random", "identity"):
+            raise ValueError(f"stage_options.stack_init must be 'copy', 'random' or 'identity', got "
+                             f"{self.stack_init!r}")
         if self.new_stack and not self.init:
             raise ValueError("stage_options.new_stack=true stacks a module on an existing model: set "
                              "stage_options.init to a STAR folder (e.g. the generation stage's export)")
@@ -409,7 +412,7 @@ class GenerationStage:
                 **paths, **settings, family=base.family.model_type, hidden_size=d,
                 base_layer=opts.base_layer,
                 stacks=[StackedARConfig(num_layers=opts.stack_layers, init=opts.stack_init, source_layers=(
-                    None if opts.base_layer is None or opts.stack_init != "copy"
+                    None if opts.base_layer is None or opts.stack_init == "random"
                     else (opts.base_layer, opts.base_layer + opts.stack_layers)))],
                 adapter=AdapterConfig(code_dim=vq.config.code_dim, hidden_size=d, depth=opts.adapter_depth,
                                       grid_cells=(vq.config.resolution // vq.config.downsample) ** 2
