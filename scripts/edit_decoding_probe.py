@@ -112,5 +112,6 @@ def main() -> int:
         raise SystemExit(f"--alpha must be in (0, 1), got {args.alpha}")
     return plausible(args)
 
+
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -171,8 +171,9 @@ class STAR(nn.Module):
             stack.requires_grad_(False)
         stack = StackedAR.from_base(self.base, config)
         if config.init == "identity" and self.stacks:
-            below = self.stacks[-1].decoder.norm.weight.float()
-            stack.start_as_identity(float(below.pow(2).mean().sqrt()))
+            below = self.stacks[-1].decoder.norm.weight
+            with torch.no_grad():
+                stack.decoder.norm.weight.fill_(float(below.float().pow(2).mean().sqrt()))
         self.stacks.append(stack)
         self.config.stacks.append(config)
         return stack

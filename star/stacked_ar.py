@@ -12,7 +12,7 @@ Initialisation (`StackedARConfig.init`): "copy" clones the base's layers `source
 upstream) and the base's final norm from the already-loaded base (the base is never loaded twice); "random" draws
 normal(0, initializer_range) weights and unit norms; "identity" copies and then zeroes each layer's output
 projections (attention `o_proj`, MLP `down_proj`), so the layers start as the identity on the residual stream and
-the module returns its input renormalised (`start_as_identity`).
+the module returns its input renormalised (STAR.add_stack sets its final norm to match the module below).
 Modified from: upstream MM-MVR/STAR star/models/model.py (which builds a full second Qwen2.5-VL and loads the base
 checkpoint again to copy the layers).
 """
@@ -59,22 +59,9 @@ class StackedAR(nn.Module):
             _random_init(decoder, std=text_config.initializer_range)
         decoder.rotary_emb = copy.deepcopy(lm.rotary_emb)   # non-persistent buffers; meta-built ones are empty
         decoder.requires_grad_(True)
-        stack = cls(decoder, config)
         if config.init == "identity":
-            stack.start_as_identity()
-        return stack
-
-    @torch.no_grad()
-    def start_as_identity(self, input_rms: float | None = None) -> None:
-        """Zero every layer's output projections, so the residual stream passes through unchanged; with
-        `input_rms`, also set the final norm's weights to it, so an input of that RMS comes out as it went in."""
-        for layer in self.decoder.layers:
-            for proj in (layer.self_attn.o_proj, layer.mlp.down_proj):
-                proj.weight.zero_()
-                if proj.bias is not None:
-                    proj.bias.zero_()
-        if input_rms is not None:
-            self.decoder.norm.weight.fill_(input_rms)
+            _zero_output_projections(decoder)
+        return cls(decoder, config)
 
     def new_cache(self):
         from transformers import DynamicCache
@@ -97,3 +84,13 @@ def _random_init(module: nn.Module, std: float) -> None:
             p.fill_(1.0)
         else:
             p.normal_(0.0, std)
+
+
+@torch.no_grad()
+def _zero_output_projections(decoder: nn.Module) -> None:
+    """Each layer's attention o_proj and MLP down_proj to zero: the layer then adds nothing to the residual stream."""
+    for layer in decoder.layers:
+        for proj in (layer.self_attn.o_proj, layer.mlp.down_proj):
+            proj.weight.zero_()
+            if proj.bias is not None:
+                proj.bias.zero_()
