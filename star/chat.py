@@ -7,7 +7,6 @@ Exact formats are in `research/paper.md` §3-4 and mirror the upstream release (
            <|im_start|>assistant\\n<|vision_start|>
     edit   as T2I, with  <|vision_start|> VQ x n <|vision_end|> <|vision_start|> ViT x m <|vision_end|> \\n
            inserted right after `<|im_start|>user\\n` (VQ view first, then ViT view, then a newline)
-           (layout "instruction_first", not upstream: inserted before the user turn's `<|im_end|>` instead)
     null   same length: the first token and the last four (`<|im_start|>assistant\\n<|vision_start|>`) kept, every
            other text token replaced by <|fim_pad|>; for editing the two image blocks (and their newline) are kept
     reason as T2I with the prompt tokens replaced by the base's answer + " Ultra HD, 4K, cinematic composition"
@@ -23,9 +22,6 @@ from dataclasses import dataclass
 
 # Appended to the base's answer in implicit-reasoning mode (upstream `generate_images_reasoning`).
 REASONING_SUFFIX = " Ultra HD, 4K, cinematic composition"
-
-# Where an edit's source image sits in the user turn (chat.edit_row).
-EDIT_LAYOUTS = ("image_first", "instruction_first")
 
 SPECIAL_TOKEN_NAMES = {
     "im_start": "<|im_start|>",
@@ -131,21 +127,13 @@ def image_blocks(special: SpecialTokens, num_vq: int, num_vit: int) -> list[int]
             + [special.vision_start] + [special.image_pad] * num_vit + [special.vision_end] + [special.newline])
 
 
-def edit_row(tokenizer, special: SpecialTokens, instruction: str, num_vq: int, num_vit: int,
-             layout: str = "image_first") -> Row:
-    """Editing condition: the T2I row of `instruction` with the source image blocks in the user turn.
+def edit_row(tokenizer, special: SpecialTokens, instruction: str, num_vq: int, num_vit: int) -> Row:
+    """Editing condition: the T2I row of `instruction` with the source image blocks after `<|im_start|>user\\n`.
 
-    layout "image_first" (upstream) puts the blocks right after `<|im_start|>user\\n`; "instruction_first" puts them
-    at the end of the user turn, after the instruction, so that the source codes can attend to the instruction (not
-    upstream; STARConfig.edit_layout). The null row is built from the text row first and the blocks are inserted
-    afterwards, so they stay in it.
+    The null row is built from the text row first and the blocks are inserted afterwards, so they stay in it.
     """
-    if layout not in EDIT_LAYOUTS:
-        raise ValueError(f"edit layout must be one of {EDIT_LAYOUTS}, got {layout!r}")
     text = t2i_row(tokenizer, special, check_prompt(instruction, "edit instruction"))
     at = _user_content_start(text.ids, tokenizer)
-    if layout == "instruction_first":
-        at = text.ids.index(special.im_end, at)                  # the user turn's closing <|im_end|>
     block = image_blocks(special, num_vq, num_vit)
     return Row(text.ids[:at] + block + text.ids[at:], text.null_ids[:at] + block + text.null_ids[at:])
 

@@ -15,8 +15,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from star.chat import EDIT_LAYOUTS
-
 
 def _from_dict(cls, d: dict[str, Any], where: str):
     known = {f.name for f in fields(cls)}
@@ -151,11 +149,6 @@ class STARConfig:
     """Positions of an edit's generated codes: "continue" = 1-D after the prompt (upstream); "source" = source code
     i's position + max_prompt_tokens, so each target code lies at one fixed distance from the source code in its
     place whatever the instruction's length (copying is then a single relative offset to learn; not upstream)."""
-    edit_layout: str = "image_first"
-    """Where an edit's source image sits in the user turn (chat.edit_row): "image_first" = right after
-    `<|im_start|>user\\n`, before the instruction (upstream); "instruction_first" = after the instruction, so the
-    source codes can attend to it on their way through the stack (which object the edit is about is then known at
-    the source; not upstream)."""
     edit_vit_max_tokens: int | None = None
     """Editing: most ViT tokens for the source image (upstream: 576); None = the base image processor's budget."""
     edit_vit_min_tokens: int | None = None
@@ -189,8 +182,6 @@ class STARConfig:
             raise ValueError(f"cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
         if self.edit_code_positions not in ("continue", "source"):
             raise ValueError(f"edit_code_positions must be 'continue' or 'source', got {self.edit_code_positions!r}")
-        if self.edit_layout not in EDIT_LAYOUTS:
-            raise ValueError(f"edit_layout must be one of {EDIT_LAYOUTS}, got {self.edit_layout!r}")
         if self.max_prompt_tokens <= 0:
             raise ValueError(f"max_prompt_tokens must be > 0, got {self.max_prompt_tokens}")
         for name in ("edit_vit_max_tokens", "edit_vit_min_tokens", "understand_vit_max_tokens"):

@@ -207,8 +207,7 @@ class STARPipeline:
         return self._condition([r for r in rows for _ in range(num_images)]), answers
 
     def edit_condition(self, image, prompt: str | list[str], *, num_images: int = 1) -> Condition:
-        """Source image(s) + instructions -> Condition: VQ view and ViT view spliced into the user turn (before the
-        instruction, or after it with config.edit_layout "instruction_first")."""
+        """Source image(s) + instructions -> Condition: VQ view and ViT view spliced after `<|im_start|>user\\n`."""
         prompts = [check_prompt(p, "edit instruction") for p in _as_list(prompt, "prompt")]
         images = [load_image(im) for im in _as_list(image, "image")]
         if len(images) == 1:
@@ -219,7 +218,7 @@ class STARPipeline:
         cfg = self.model.config
         source_codes = self._encode_vq(images)                                            # (B, h*w)
         vit = [self._vit_inputs(im, cfg.edit_vit_min_tokens, cfg.edit_vit_max_tokens) for im in images]
-        rows = [edit_row(self.tokenizer, self.special, p, source_codes.shape[1], n, cfg.edit_layout)
+        rows = [edit_row(self.tokenizer, self.special, p, source_codes.shape[1], n)
                 for p, (_, _, n) in zip(prompts, vit)]
         rep = lambda items: [x for x in items for _ in range(num_images)]  # noqa: E731
         return self._condition(rep(rows), source_codes=source_codes.repeat_interleave(num_images, 0),

@@ -238,40 +238,6 @@ def test_edit_code_positions_source_puts_each_target_code_at_one_distance_from_i
                                                                       ).sum(), "instructions of different lengths"
 
 
-def test_edit_layout_instruction_first_puts_the_source_after_the_instruction(make_star):
-    model = make_star(edit_code_positions="source", edit_layout="instruction_first")
-    tok, sp = model.base.tokenizer, model.special
-    row = edit_row(tok, sp, "make the cube blue", num_vq=16, num_vit=4, layout="instruction_first")
-    text = t2i_row(tok, sp, "make the cube blue")
-    at = text.ids.index(sp.im_end, text.ids.index(sp.im_end) + 1)             # the user turn's <|im_end|>
-    block = image_blocks(sp, 16, 4)
-    assert row.ids == text.ids[:at] + block + text.ids[at:]
-    assert row.null_ids == text.null_ids[:at] + block + text.null_ids[at:], "the null row keeps the image blocks"
-    assert tok.decode(row.ids).startswith(tok.decode(text.ids[:at]))
-    assert tok.decode(text.ids[:at]).endswith("user\nmake the cube blue")
-    with pytest.raises(ValueError, match="edit layout"):
-        edit_row(tok, sp, "make the cube blue", 16, 4, layout="image_last")
-
-    # The pipeline builds the layout its config names; decoding and positions work as for upstream's layout.
-    pipe = STARPipeline(model)
-    cond = pipe.edit_condition([rgb(0), rgb(1)], ["make the cube blue", "remove the big ball on the left side"])
-    for r in range(2):
-        ids = cond.input_ids[r].tolist()
-        first_code = ids.index(sp.vision_pad)
-        assert tok.decode(ids[:first_code]).endswith(["make the cube blue", "remove the big ball on the left side"][r]
-                                                     + "<|vision_start|>"), "instruction before the source codes"
-    cond = cond.with_null()
-    codes = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(4))
-    cached, _ = step_logits(model, cond, codes)
-    torch.testing.assert_close(cached, full_logits(model, cond, codes), atol=ATOL, rtol=0)
-    seq = model.embed(cond, codes)
-    for r in range(4):
-        source = seq.position_ids[0, r, :-16][cond.input_ids[r] == sp.vision_pad]                   # (16,)
-        assert torch.equal(seq.position_ids[:, r, -16:] - source, torch.full((3, 16), model.config.max_prompt_tokens))
-    with pytest.raises(ValueError, match="edit_layout"):
-        make_star(edit_layout="image_last")
-
-
 def test_cell_embedding_gives_every_code_its_grid_cell_in_training_and_decoding(make_star):
     grid = dict(code_dim=8, hidden_size=64, depth=2, grid_cells=16)
     plain, model = make_star(), make_star(adapter=grid)

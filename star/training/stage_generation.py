@@ -34,7 +34,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from star.chat import EDIT_LAYOUTS
 from star.training.config import OptimConfig, TrainConfig, from_dict
 from star.training.data import (
     Mixture,
@@ -96,9 +95,6 @@ class GenerationOptions:
     """Longest prompt (chat template included); longer samples are skipped and counted."""
     edit_code_positions: str = "continue"
     """Positions of an edit's target codes (STARConfig.edit_code_positions): "continue" (upstream) or "source"."""
-    edit_layout: str = "image_first"
-    """Where an edit's source image sits in the user turn (STARConfig.edit_layout): "image_first" (upstream) or
-    "instruction_first" (after the instruction)."""
     edit_vit_min_tokens: int | None = None
     """Editing: fewest ViT tokens of the source image (STARConfig.edit_vit_min_tokens)."""
     edit_vit_max_tokens: int | None = None
@@ -119,8 +115,6 @@ class GenerationOptions:
         if self.stack_init not in ("copy", "random", "identity"):
             raise ValueError(f"stage_options.stack_init must be 'copy', 'random' or 'identity', got "
                              f"{self.stack_init!r}")
-        if self.edit_layout not in EDIT_LAYOUTS:
-            raise ValueError(f"stage_options.edit_layout must be one of {EDIT_LAYOUTS}, got {self.edit_layout!r}")
         if self.new_stack and not self.init:
             raise ValueError("stage_options.new_stack=true stacks a module on an existing model: set "
                              "stage_options.init to a STAR folder (e.g. the generation stage's export)")
@@ -277,8 +271,7 @@ class GenerationStream:
                                  self.opts.edit_vit_max_tokens)
                 source = (src.codes.get(src.index.rel(rec["source"])).flatten() if src.codes is not None
                           else vq_pixels(source_image, self.side))
-                row = edit_row(self.tokenizer, self.special, rec["text"], self.grid * self.grid, vit[2],
-                               self.opts.edit_layout)
+                row = edit_row(self.tokenizer, self.special, rec["text"], self.grid * self.grid, vit[2])
                 target = self._image(src, rec["target"])
         except FileNotFoundError:
             self.warn.add("missing_file")
@@ -399,7 +392,7 @@ class GenerationStage:
         vq = load_vq(opts.vq, device=device)
         paths = dict(base=str(Path(opts.base).resolve()), vq=vq_folder(opts.vq))
         settings = dict(cfg_dropout=opts.cfg_dropout, max_prompt_tokens=opts.max_prompt_tokens,
-                        edit_code_positions=opts.edit_code_positions, edit_layout=opts.edit_layout,
+                        edit_code_positions=opts.edit_code_positions,
                         edit_vit_min_tokens=opts.edit_vit_min_tokens, edit_vit_max_tokens=opts.edit_vit_max_tokens,
                         understand_vit_max_tokens=opts.understand_vit_max_tokens)
         if opts.init:
