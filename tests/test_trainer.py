@@ -224,6 +224,21 @@ def test_warmup_then_cosine_to_min_lr():
     assert all(a >= b for a, b in zip(got[3:], got[4:]))  # monotone after warm-up
 
 
+def test_bf16_autocast_trains_on_cpu_with_fp32_master_weights(tmp_path):
+    fp32, bf16 = SpyStage(), SpyStage()
+    train(toy_config(tmp_path / "fp32", precision="fp32", export=False), fp32)
+    train(toy_config(tmp_path / "bf16", precision="bf16", export=False), bf16)
+    a, b = losses(tmp_path / "fp32"), losses(tmp_path / "bf16")
+    assert a.keys() == b.keys() and all(math.isfinite(v) for v in b.values())
+    assert a != b, "bf16 autocast did the math in bf16"
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=0.05), step
+    trained = [p for p in bf16.model.parameters() if p.requires_grad]
+    assert trained and all(p.dtype == torch.float32 for p in trained), "trainable weights stay fp32 (AdamW's masters)"
+    moved = [not torch.equal(x, y) for x, y in zip(bf16.snapshots[0].values(), bf16.snapshots[-1].values())]
+    assert all(moved), "every trainable tensor was updated"
+
+
 def test_no_weight_decay_on_norms_biases_and_1d_params(tmp_path):
     torch.manual_seed(0)
     model = ToyStage().build(toy_config(tmp_path), torch.device("cpu"), torch.float32)
