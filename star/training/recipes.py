@@ -177,8 +177,11 @@ BASE_LAYER = 2
 def shapes(out: str = "runs/shapes") -> Recipe:
     """The shipped ShapeWorld model (<= 150 min on 2 CPU cores; sizes justified in docs/training.md).
 
-    Its stages at the rates `runs/full11` measured on the 2-core machine sum to ~144 min (docs/training.md); at one
-    thread beside another job about twice as slow. The base's ViT is random and stays frozen, its output scaled to the
+    Its stages at the rates `runs/full11` (understanding) and `runs/r16` (generation, editing) measured on the 2-core
+    machine sum to ~147 min (docs/training.md); at one thread beside another job about twice as slow. The stack
+    stages run under bf16 autocast on a CPU that multiplies bf16 natively (`cpu_has_bf16`; fp32 elsewhere): x1.48
+    per editing step, x1.14 per generation step, losses as fp32's; the understanding entries stay fp32 (not measured
+    in bf16). The base's ViT is random and stays frozen, its output scaled to the
     words' size (`match_vision_norm`): trained at lr 2e-3 it erased shapes, and at its initial size the language
     model hardly used it. The first understanding entry runs at lr 5e-4, the fastest setting for the in-context
     lookup ShapeVQA needs, for 1,500 steps (ShapeVQA 0.48 / 0.58 / 0.64 after 300 / 600 / 900 steps of a 900-step
@@ -201,17 +204,20 @@ def shapes(out: str = "runs/shapes") -> Recipe:
     implicit-reasoning suffix (`reasoning_suffix`), which the generator otherwise never sees. Its 12,000 edits are
     seen ~1.2 times (going from 4,000 to 24,000 edits left ShapeImgEdit where it was, `runs/shapes5`; 24,000 cost 5
     more minutes to write and tokenise). Editing is undertrained at 900 steps (kept objects are copied better up to
-    2,100, ShapeImgEdit 1.94 -> 2.49 in `runs/e13b`, the shipped model), and 1,200 more steps (~35 min) do not fit
-    the budget; lr 1e-3 (min 2e-4) instead of 5e-4 gets most of the way in 900 (ShapeImgEdit 1.97 -> 2.30,
-    ShapeGenEval 0.925, `runs/c14c`; 2e-3: 2.20). Sampling defaults: EMA weights; T2I temperature 0.7, no top-k,
-    CFG 1.5 (a sweep of the second full run); edits greedy at CFG 2, which helps once the editor copies objects
-    (thirteenth session; docs/training.md). The vq stage runs only
-    when the shipped tokenizer is missing (then add ~20 min: 2,500 steps with every cell's code fixed by the
+    2,100, ShapeImgEdit 1.94 -> 2.49 in `runs/e13b`); bf16 pays for 1,800 steps in the time fp32 took for ~1,150,
+    which lifts ShapeImgEdit from 2.39 (900 steps, `runs/c14c`) to 2.58 (`runs/r16`, the shipped model; second
+    decoder); lr 1e-3 (min 2e-4) rather than 5e-4 (at 900 steps: 1.97 -> 2.30; 2e-3: 2.20). Sampling defaults: EMA
+    weights; T2I temperature 0.7, no top-k, CFG 1.5 (a sweep of the second full run); edits greedy at CFG 2, which
+    helps once the editor copies objects (thirteenth session; docs/training.md). The vq stage runs only when the
+    shipped tokenizer is missing (then add ~20 min: 2,500 steps with every cell's code fixed by the
     exact-tile dictionary, as the shipped tokenizer was trained).
     """
+    from star.training.trainer import cpu_has_bf16
+
     o = Path(out)
     sampling = {"guidance_scale": 1.5, "top_k": 0, "top_p": 1.0, "temperature": 0.7}
     edit_sampling = {"guidance_scale": 2.0, "top_k": 0, "top_p": 1.0, "temperature": 0.0}
+    stack_precision = "bf16" if cpu_has_bf16() else "auto"      # the stack stages; understanding stays fp32
     return Recipe(
         name="shapes", out=out,
         base=TinyBaseSpec(match_vision_norm=True),
@@ -243,6 +249,7 @@ def shapes(out: str = "runs/shapes") -> Recipe:
                                    kmeans_images=4_000)), ("vq",)),
             RecipeStage("generation", _config(
                 "generation", o, steps=2_400, batch_size=32, checkpoint_every=200, snapshot_every=400, ema_decay=0.999,
+                precision=stack_precision,
                 optim=dict(lr=1e-3, min_lr=1e-4, warmup_steps=100, weight_decay=0.05),
                 stage_options=dict(base=str(o / "base"), vq=str(o / "vq"), data=[str(o / "data" / "t2i")],
                                    stack_layers=4, adapter_depth=2, cell_embedding=True, train_adapter=True,
@@ -250,7 +257,8 @@ def shapes(out: str = "runs/shapes") -> Recipe:
                                    edit_sampling=edit_sampling)),
                         ("t2i",)),
             RecipeStage("editing", _config(
-                "editing", o, steps=900, batch_size=32, checkpoint_every=50, snapshot_every=300, ema_decay=0.995,
+                "editing", o, steps=1_800, batch_size=32, checkpoint_every=50, snapshot_every=300, ema_decay=0.995,
+                precision=stack_precision,
                 optim=dict(lr=1e-3, min_lr=2e-4, warmup_steps=100, weight_decay=0.05),
                 stage_options=dict(base=str(o / "base"), vq=str(o / "vq"), init=str(o / "generation" / "export"),
                                    data=[str(o / "data" / "edit"), str(o / "data" / "t2i")],
