@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 
 def _from_dict(cls, d: dict[str, Any], where: str):
@@ -24,13 +24,17 @@ def _from_dict(cls, d: dict[str, Any], where: str):
     return cls(**d)
 
 
+StackInit = Literal["copy", "random", "identity"]
+STACK_INITS: tuple[str, ...] = get_args(StackInit)
+
+
 @dataclass(kw_only=True)
 class StackedARConfig:
     """One stacked AR module: decoder layers of the base's architecture on top of the frozen base."""
 
     num_layers: int = 16
     """Decoder layers in this module (upstream: 16 on Qwen2.5-VL-3B, 14 on 7B)."""
-    init: Literal["copy", "random", "identity"] = "copy"
+    init: StackInit = "copy"
     """"copy": weights of `source_layers` of the base (and its final norm); "random": normal(0, initializer_range);
     "identity": "copy" with every layer's output projections at zero, so each layer adds nothing to the residual
     stream at the start (block expansion; for a module stacked on another, `STAR.add_stack`)."""
@@ -40,8 +44,8 @@ class StackedARConfig:
     def __post_init__(self):
         if self.num_layers <= 0:
             raise ValueError(f"stacked_ar.num_layers must be > 0, got {self.num_layers}")
-        if self.init not in ("copy", "random", "identity"):
-            raise ValueError(f"stacked_ar.init must be 'copy', 'random' or 'identity', got {self.init!r}")
+        if self.init not in STACK_INITS:
+            raise ValueError(f"stacked_ar.init must be one of {STACK_INITS}, got {self.init!r}")
         if self.source_layers is not None:
             start, end = (int(v) for v in self.source_layers)
             if not 0 <= start < end or end - start != self.num_layers:

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from star.config import STACK_INITS
 from star.training.config import OptimConfig, TrainConfig, from_dict
 from star.training.data import (
     Mixture,
@@ -112,9 +113,8 @@ class GenerationOptions:
         for name in ("stack_layers", "adapter_depth", "max_prompt_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"stage_options.{name} must be >= 1, got {getattr(self, name)}")
-        if self.stack_init not in ("copy", "random", "identity"):
-            raise ValueError(f"stage_options.stack_init must be 'copy', 'random' or 'identity', got "
-                             f"{self.stack_init!r}")
+        if self.stack_init not in STACK_INITS:
+            raise ValueError(f"stage_options.stack_init must be one of {STACK_INITS}, got {self.stack_init!r}")
         if self.new_stack and not self.init:
             raise ValueError("stage_options.new_stack=true stacks a module on an existing model: set "
                              "stage_options.init to a STAR folder (e.g. the generation stage's export)")

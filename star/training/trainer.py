@@ -35,7 +35,7 @@ _RESUME_FREE = {
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): bf16 autocast then trains faster than fp32
-    (x1.45 per step on the shapes recipe's editing stage, 2 EPYC cores); elsewhere it is emulated and slower."""
+    (x1.48 per step on the shapes recipe's editing stage, 2 EPYC cores); elsewhere it is emulated and slower."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
