@@ -91,3 +91,23 @@ def test_wise_reasoning_records_beyond_the_distinct_prompt_supply():
     assert len(records) == 3_000
     assert all(r["kind"] == "text_qa" and r["question"] and r["answer"] for r in records)
     assert len({r["question"] for r in records[:1_500]}) == 1_500, "distinct within a round"
+
+
+def test_time_budget_writes_the_data_first_and_shortens_the_stages_to_fit(tmp_path):
+    from star.training.recipes import get_recipe, run_recipe
+    from star.training.runlog import read_log
+
+    out = tmp_path / "quick"
+    lines: list[str] = []
+    recipe = get_recipe("shapes-quick", str(out))
+    # 0.6 s cannot hold even the data: each stage gets only the steps that time its rate (its warm-up, 5 of 12 / 6)
+    assert run_recipe(recipe, only=["understanding", "understanding-text"], time_budget_min=0.01,
+                      log=lines.append) is None
+    assert lines.index(next(x for x in lines if x.startswith("wrote dataset"))) < \
+        lines.index(next(x for x in lines if x.startswith("understanding: training")))
+    assert any(x.startswith("understanding: ") and "the budget is spent" in x for x in lines), lines
+    for name in ("understanding", "understanding-text"):
+        config = json.loads((out / name / "config.json").read_text())
+        assert config["steps"] == 5 and 0 < config["time_budget_s"] <= 0.6, name
+        assert [r["step"] for r in read_log(out / name / "log.jsonl")] == [1, 2, 3, 4, 5], name
+        assert (out / name / "DONE").is_file() and (out / name / "export" / "config.json").is_file()

@@ -26,7 +26,7 @@ from star.training.config import OptimConfig, TrainConfig, apply_overrides
 from star.training.optim import lr_at, param_groups
 from star.training.runlog import read_log
 from star.training.toy import ToyStage
-from star.training.trainer import train
+from star.training.trainer import BUDGET_MARGIN, steps_within_budget, train, with_steps
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -222,6 +222,60 @@ def test_warmup_then_cosine_to_min_lr():
     assert math.isclose(got[8], 0.1 + 0.9 * 0.5)  # ... is halfway down halfway through ...
     assert math.isclose(got[12], 0.1) and got[13] == 0.1  # ... and stays at min_lr after decay_steps
     assert all(a >= b for a, b in zip(got[3:], got[4:]))  # monotone after warm-up
+
+
+def test_time_budget_arithmetic():
+    cfg = TrainConfig(steps=1000, time_budget_s=100.0, optim=OptimConfig(warmup_steps=20, decay_steps=800))
+    # 20 steps at a median of 0.5 s, 12 s spent: 20 + 88 * 0.97 / 0.5 = 190 steps fit
+    assert steps_within_budget(cfg, 20, 12.0, [3.0] + [0.5] * 19) == 20 + int(88 * BUDGET_MARGIN / 0.5)
+    assert steps_within_budget(cfg, 20, 12.0, [0.01] * 20) == 1000        # never more than planned
+    assert steps_within_budget(cfg, 20, 150.0, [0.5] * 20) == 20          # over budget already: stop where it is
+    short = with_steps(cfg, 250)
+    assert short.steps == 250 and short.optim.decay_steps == 200         # the schedule keeps its shape
+    assert with_steps(TrainConfig(steps=1000), 250).optim.decay_steps is None   # decays over the 250 steps
+
+
+class CrashStage(ToyStage):
+    """ToyStage whose loss raises at one call: a run that dies part-way."""
+
+    def __init__(self, crash_at_call: int):
+        self.calls, self.crash_at_call = 0, crash_at_call
+
+    def loss(self, model, batch):
+        self.calls += 1
+        if self.calls == self.crash_at_call:
+            raise RuntimeError("simulated crash")
+        return super().loss(model, batch)
+
+
+def test_time_budget_shortens_the_run_once_and_a_resume_keeps_it(tmp_path):
+    # 1,000 planned steps of >= 10 ms cannot fit 5 s: after timing the 4 warm-up steps the trainer shortens the run
+    sets = {"steps": 1000, "time_budget_s": 5.0, "checkpoint_every": 5, "optim.warmup_steps": 4,
+            "stage_options.step_delay": 0.01}
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(toy_config(tmp_path, **sets), CrashStage(crash_at_call=11))
+    fit = json.loads((tmp_path / "config.json").read_text())["steps"]
+    assert 10 < fit <= 4 + int(5.0 * BUDGET_MARGIN / 0.01) < 1000
+    state = checkpointing.read_trainer_state(checkpointing.latest_checkpoint(tmp_path / "checkpoints"))
+    assert state["step"] == 10 and state["budget_steps"] == fit
+
+    # resumed without the delay, the whole plan would fit now; the run keeps the length it decided
+    sets.update({"stage_options.step_delay": 0.0, "checkpoint_every": 0})
+    summary = train(toy_config(tmp_path, resume=True, **sets), ToyStage())
+    assert summary["step"] == fit and summary["planned_steps"] == 1000
+    records = read_log(tmp_path / "log.jsonl")
+    assert [r["step"] for r in records] == list(range(1, fit + 1))
+    optim = OptimConfig(lr=3e-3, min_lr=3e-4, warmup_steps=4, weight_decay=0.01)
+    assert all(math.isclose(r["lr"], lr_at(r["step"] - 1, optim, fit)) for r in records), \
+        "one schedule, warm-up to cosine over the shortened run, on both sides of the crash"
+    assert records[-1]["lr"] < 0.25 * 3e-3 < lr_at(fit - 1, optim, 1000), "near min_lr at the end, not mid-way"
+
+
+def test_time_budget_that_fits_changes_nothing(tmp_path):
+    plain = train(toy_config(tmp_path / "plain"), ToyStage())
+    budget = train(toy_config(tmp_path / "budget", time_budget_s=600.0), ToyStage())
+    assert plain["step"] == budget["step"] == 8
+    assert losses(tmp_path / "plain") == losses(tmp_path / "budget")
 
 
 def test_bf16_autocast_trains_on_cpu_with_fp32_master_weights(tmp_path):

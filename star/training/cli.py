@@ -1,13 +1,15 @@
 """`star train`: run one training stage, or a whole recipe.
 
     star train STAGE [--data DIR ...] [--out DIR] [--steps N] [--resume] [--set KEY=VALUE ...] [--config JSON]
-    star train --recipe NAME --out DIR [--resume] [--set STAGE.KEY=VALUE ...] [--dry-run]
+                     [--time-budget MIN]
+    star train --recipe NAME --out DIR [--resume] [--set STAGE.KEY=VALUE ...] [--time-budget MIN] [--dry-run]
     star train --list
 
 STAGE is a name of the registry (star/training/stages.py): understanding, vq, generation, editing, toy. The config
 is the stage's recipe (`stage.default_config()`), overlaid in this order by `--config` (a JSON file or an inline JSON
 object), by each `--set key=value` (dotted keys: `optim.lr=1e-4`, `stage_options.stack_layers=4`), and last by
-`--data` (= stage_options.data), `--out`, `--steps` and `--resume`. The resolved config is written to OUT/config.json.
+`--data` (= stage_options.data), `--out`, `--steps`, `--resume` and `--time-budget` (= time_budget_s / 60). The
+resolved config is written to OUT/config.json.
 
 `star train vq` also accepts the flags of the tokenizer's own trainer (star.vq_train: --batch-size, --lr, --preset,
 --model-config, --perceptual-weight, ...); given any of them, or resuming a folder that trainer wrote
@@ -16,6 +18,7 @@ losses) and `--set` means what it means there (VQConfig fields). Otherwise the v
 
     star train generation --data data/t2i --out runs/gen --set stage_options.base=runs/shapes/base --steps 500
     star train --recipe shapes --out runs/shapes            # everything, end to end (resumable with --resume)
+    star train --recipe shapes --out runs/shapes --time-budget 150   # on a slower machine: fewer steps, in time
     torchrun --nproc_per_node 8 -m star.training.cli generation --config gen.json --out /shared/runs/gen
 """
 
@@ -57,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="total optimizer steps (config.steps)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    parser.add_argument("--time-budget", type=float, default=0.0, metavar="MIN",
+                        help="minutes this run may take: a stage (or a recipe's stages, shared by their reference "
+                             "minutes) shortens its steps to fit, after timing its first steps (0 = no limit)")
     parser.add_argument("--dry-run", action="store_true",
                         help="recipes: write OUT/configs/<stage>.json and print the per-stage commands")
     parser.add_argument("--list", action="store_true", help="list the stages and recipes")
@@ -102,6 +108,8 @@ def resolve_config(args: argparse.Namespace):
         overrides.append(f"steps={args.steps}")
     if args.resume:
         overrides.append("resume=true")
+    if args.time_budget:
+        overrides.append(f"time_budget_s={60 * args.time_budget}")
     return stage, apply_overrides(config, overrides)
 
 
@@ -148,7 +156,7 @@ def _run_recipe(args: argparse.Namespace) -> int:
         for command in dry_run(recipe):
             print(command)
         return 0
-    run_recipe(recipe, resume=args.resume, only=args.only)
+    run_recipe(recipe, resume=args.resume, only=args.only, time_budget_min=args.time_budget)
     return 0
 
 

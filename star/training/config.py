@@ -64,6 +64,11 @@ class TrainConfig:
     """Run folder: config.json, log.jsonl, loss.png, checkpoints/step_XXXXXXXX/, export/."""
     steps: int = 1000
     """Total optimizer steps of the run (a resumed run continues up to this number)."""
+    time_budget_s: float = 0.0
+    """Wall-clock seconds the run may take, build and export included (0 = no limit). The trainer times the first
+    steps (up to `optim.warmup_steps`, at most BUDGET_CALIBRATION_STEPS, while the learning rate does not yet depend on
+    the run's length) and then lowers `steps`, never raises it, to what fits; the cosine schedule spans the shortened
+    run. The decision is logged and kept in the checkpoints, so a resumed run trains the same steps."""
     batch_size: int = 32
     """Global batch: samples per optimizer step, summed over ranks and accumulation micro-steps."""
     grad_accum: int = 1
@@ -113,6 +118,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0 = only at the end), got {self.checkpoint_every}")
+        if self.time_budget_s < 0:
+            raise ValueError(f"time_budget_s must be >= 0 (0 = no limit), got {self.time_budget_s}")
         if self.snapshot_every < 0:
             raise ValueError(f"snapshot_every must be >= 0 (0 = never), got {self.snapshot_every}")
         if self.batch_size % self.grad_accum:

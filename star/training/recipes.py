@@ -98,15 +98,19 @@ class DatasetSpec:
 
 
 class RecipeStage(NamedTuple):
-    """One entry of a recipe: (stage, TrainConfig, data spec = names of the recipe datasets it reads, entry name).
+    """One entry of a recipe: (stage, TrainConfig, data spec = names of the recipe datasets it reads, entry name,
+    reference minutes).
 
     The entry's name (`key`: `name`, else the stage) names its run folder, its `--set NAME.key=value` and `--only
-    NAME`; it defaults to the stage, so only a stage that appears twice needs one."""
+    NAME`; it defaults to the stage, so only a stage that appears twice needs one. `minutes` is the entry's measured
+    wall time on the machine the recipe was sized on: under a time budget the entries share the time in these
+    proportions (by steps when an entry has none)."""
 
     stage: str
     config: TrainConfig
     data: tuple[str, ...]
     name: str = ""
+    minutes: float = 0.0
 
     @property
     def key(self) -> str:
@@ -139,8 +143,8 @@ class Recipe:
         return {"name": self.name, "out": self.out,
                 "base": dataclasses.asdict(self.base) if isinstance(self.base, TinyBaseSpec) else self.base,
                 "vq": self.vq, "datasets": {k: dataclasses.asdict(v) for k, v in self.datasets.items()},
-                "stages": [{"stage": s.stage, "name": s.key, "data": list(s.data), "config": to_dict(s.config)}
-                           for s in self.stages]}
+                "stages": [{"stage": s.stage, "name": s.key, "data": list(s.data), "minutes": s.minutes,
+                            "config": to_dict(s.config)} for s in self.stages]}
 
 
 def run_dir(out: Path, name: str) -> Path:
@@ -161,9 +165,9 @@ def _config(stage: str, out: Path, run: str | None = None, **fields) -> TrainCon
                                    "out_dir": str(run_dir(out, run or stage))})
 
 
-def _named(name: str, stage: str, out: Path, data: tuple[str, ...], **fields) -> RecipeStage:
+def _named(name: str, stage: str, out: Path, data: tuple[str, ...], minutes: float = 0.0, **fields) -> RecipeStage:
     """An entry whose name is not its stage's: the name is both its run folder and its key."""
-    return RecipeStage(stage, _config(stage, out, run=name, **fields), data, name=name)
+    return RecipeStage(stage, _config(stage, out, run=name, **fields), data, name=name, minutes=minutes)
 
 
 # -----------------------------------------------------------------------------
@@ -235,9 +239,10 @@ def shapes(out: str = "runs/shapes") -> Recipe:
                 optim=dict(lr=5e-4, min_lr=5e-5, warmup_steps=60, weight_decay=0.05),
                 stage_options=dict(base=str(o / "base-init"), data=[str(o / "data" / "understanding")],
                                    max_turns=8, tasks={"vqa": 0.75, "caption": 0.1, "text_qa": 0.05, "wise": 0.07,
-                                                       "caption_lm": 0.03}, train_vision=False)), ("understanding",)),
+                                                       "caption_lm": 0.03}, train_vision=False)), ("understanding",),
+                minutes=44),
             _named(
-                "understanding-text", "understanding", o, ("understanding",), steps=1_000, batch_size=32,
+                "understanding-text", "understanding", o, ("understanding",), minutes=22, steps=1_000, batch_size=32,
                 checkpoint_every=250, optim=dict(lr=1e-3, min_lr=1e-4, warmup_steps=60, weight_decay=0.05),
                 stage_options=dict(base=str(o / "understanding" / "export"), data=[str(o / "data" / "understanding")],
                                    tasks={"vqa": 0.6, "text_qa": 0.15, "wise": 0.25}, freeze_layers=BASE_LAYER,
@@ -246,7 +251,7 @@ def shapes(out: str = "runs/shapes") -> Recipe:
                 "vq", o, steps=2_500, batch_size=16, checkpoint_every=250,
                 optim=dict(lr=2e-3, min_lr=2e-4, warmup_steps=100, weight_decay=0.0),
                 stage_options=dict(data=str(o / "data" / "vq"), preset="shapes", dict_warmup=2_500,
-                                   kmeans_images=4_000)), ("vq",)),
+                                   kmeans_images=4_000)), ("vq",), minutes=20),
             RecipeStage("generation", _config(
                 "generation", o, steps=2_400, batch_size=32, checkpoint_every=200, snapshot_every=400, ema_decay=0.999,
                 precision=stack_precision,
@@ -255,7 +260,7 @@ def shapes(out: str = "runs/shapes") -> Recipe:
                                    stack_layers=4, adapter_depth=2, cell_embedding=True, train_adapter=True,
                                    cfg_dropout=0.1, base_layer=BASE_LAYER, sampling=sampling,
                                    edit_sampling=edit_sampling)),
-                        ("t2i",)),
+                        ("t2i",), minutes=26),
             RecipeStage("editing", _config(
                 "editing", o, steps=1_800, batch_size=32, checkpoint_every=50, snapshot_every=300, ema_decay=0.995,
                 precision=stack_precision,
@@ -264,7 +269,7 @@ def shapes(out: str = "runs/shapes") -> Recipe:
                                    data=[str(o / "data" / "edit"), str(o / "data" / "t2i")],
                                    kind_weights={"edit": 0.5, "t2i": 0.5}, train_adapter=False,
                                    edit_code_positions="source", cfg_dropout=0.1, reasoning_suffix=0.5,
-                                   sampling=sampling, edit_sampling=edit_sampling)), ("edit", "t2i")),
+                                   sampling=sampling, edit_sampling=edit_sampling)), ("edit", "t2i"), minutes=38),
         ],
         notes="sizes and measured rates: docs/training.md, 'The shapes recipe'",
     )
@@ -559,12 +564,17 @@ def assemble_model(export: Path, out: Path) -> Path:
 
 
 def run_recipe(recipe: Recipe, *, resume: bool = False, only: Collection[str] | None = None,
-               log: Callable[[str], None] = print) -> Path | None:
+               time_budget_min: float = 0.0, log: Callable[[str], None] = print) -> Path | None:
     """Run every stage of `recipe` in order (skipping completed ones when resuming); returns OUT/model.
 
     `only` restricts the run to the named stages (e.g. the understanding stage while a tokenizer trains elsewhere);
     the others are skipped and OUT/model is assembled only once a generation or editing stage has finished (else
-    None is returned). Calling again with `resume=True` picks up the rest."""
+    None is returned). Calling again with `resume=True` picks up the rest.
+
+    `time_budget_min` (0 = none) is the wall time this call may take: the datasets are written first, then each
+    stage still to train gets the time left in proportion to its reference `minutes` among those still to train,
+    as its TrainConfig.time_budget_s (the trainer shortens its steps to fit). On a machine as fast as the one a
+    recipe was sized on, nothing is shortened."""
     from star.training.stages import get_stage
     from star.training.tokenize import tokenize_dataset
     from star.training.trainer import train
@@ -621,31 +631,57 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, only: Collection[str] | 
         else:
             raise FileNotFoundError(f"recipe {recipe.name!r}: VQ {src} not found (--set vq=PATH)")
 
-    final_export = None
-    for entry in recipe.stages:
-        name, stage, config = entry.key, entry.stage, entry.config
-        run = Path(config.out_dir)
-        if stage == "vq" and not train_vq:
-            continue
-        if stage == "understanding" and not isinstance(recipe.base, TinyBaseSpec):
-            continue                                      # a released base is used as is
-        if (run / DONE).is_file():
-            log(f"{name}: done ({run / DONE}), skipped")
-            final_export = run / "export" if stage in ("generation", "editing") else final_export
-            continue
-        if only is not None and name not in only:
-            log(f"{name}: not in --only {list(only)}, left for a later run")
-            continue
+    def skipped(entry: RecipeStage) -> str | None:
+        """Why this call does not train `entry` ("" = silently), or None when it does."""
+        if entry.stage == "vq" and not train_vq:
+            return ""
+        if entry.stage == "understanding" and not isinstance(recipe.base, TinyBaseSpec):
+            return ""                                     # a released base is used as is
+        if (Path(entry.config.out_dir) / DONE).is_file():
+            return f"done ({Path(entry.config.out_dir) / DONE}), skipped"
+        if only is not None and entry.key not in only:
+            return f"not in --only {list(only)}, left for a later run"
+        return None
+
+    def prepare(entry: RecipeStage, codes: bool = True) -> None:
+        """Write the recipe datasets the entry reads, and their codes where it wants them (`codes`)."""
         for data in entry.data:
             spec = recipe.datasets.get(data)
             if spec is None:
                 continue                                  # a user-provided dataset path
             build_dataset(spec, out / "data" / data, log)
-            if spec.tokenize:
+            if spec.tokenize and codes:
                 t0 = time.perf_counter()
                 summary = tokenize_dataset(out / "data" / data, vq_dir, progress=False)
                 log(f"tokenize {data}: {summary['status']}, {summary['images']} images "
                     f"({time.perf_counter() - t0:.0f}s)")
+
+    todo = [entry for entry in recipe.stages if skipped(entry) is None]
+    if time_budget_min:
+        for entry in todo:                                # data first, so the stages share what is left
+            prepare(entry, codes=(vq_dir / "model.safetensors").is_file())
+        deadline = started + 60 * time_budget_min
+        weights = [entry.minutes for entry in todo] if all(e.minutes for e in todo) else \
+            [entry.config.steps for entry in todo]
+    final_export = None
+    for entry in recipe.stages:
+        name, stage, config = entry.key, entry.stage, entry.config
+        run = Path(config.out_dir)
+        reason = skipped(entry)
+        if reason is not None:
+            if reason:
+                log(f"{name}: {reason}")
+            if stage in ("generation", "editing") and (run / DONE).is_file():
+                final_export = run / "export"
+            continue
+        prepare(entry)
+        if time_budget_min:
+            k = todo.index(entry)
+            left = deadline - time.perf_counter()
+            share = max(left, 0.0) * weights[k] / sum(weights[k:])
+            log(f"{name}: {share / 60:.1f} of the {max(left, 0.0) / 60:.1f} min left"
+                + ("" if left > 0 else " (the budget is spent: it trains only the steps that time the rate)"))
+            config = dataclasses.replace(config, time_budget_s=max(share, 1e-3))
         log(f"{name}: training in {run}")
         t0 = time.perf_counter()
         train(dataclasses.replace(config, resume=True), get_stage(stage))

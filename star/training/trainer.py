@@ -7,9 +7,11 @@ The same code runs as one CPU process and under torchrun on many GPUs; what diff
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
+import statistics
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -29,8 +31,29 @@ from star.training.stages import Stage
 # Settings that may change between a run and its resume without changing the math (beyond float rounding).
 _RESUME_FREE = {
     "out_dir", "resume", "progress", "log_every", "checkpoint_every", "keep_checkpoints", "export", "snapshot_every",
-    "parallel", "device", "activation_checkpointing", "grad_accum", "max_consecutive_nonfinite",
+    "parallel", "device", "activation_checkpointing", "grad_accum", "max_consecutive_nonfinite", "time_budget_s",
 }
+
+BUDGET_CALIBRATION_STEPS = 20
+"""With a time budget, the steps timed before the run's length is decided (fewer when the warm-up is shorter)."""
+BUDGET_MARGIN = 0.97
+"""Share of the time left that the remaining steps may fill: checkpoints and the export are not in the step times."""
+
+
+def steps_within_budget(config: TrainConfig, step: int, elapsed_s: float, step_times: list[float]) -> int:
+    """How many steps the run can have within `config.time_budget_s`: the `step` done, plus what the time left holds
+    at the median measured step time; never more than config.steps."""
+    per_step = statistics.median(step_times)
+    fit = step + int((config.time_budget_s - elapsed_s) * BUDGET_MARGIN / per_step)
+    return max(step, min(config.steps, fit))
+
+
+def with_steps(config: TrainConfig, steps: int) -> TrainConfig:
+    """`config` shortened to `steps`; an explicit decay span shrinks in proportion, so the schedule keeps its shape."""
+    decay = config.optim.decay_steps
+    optim = config.optim if decay is None else dataclasses.replace(
+        config.optim, decay_steps=max(1, round(decay * steps / config.steps)))
+    return dataclasses.replace(config, steps=steps, optim=optim)
 
 
 def cpu_has_bf16() -> bool:
@@ -101,6 +124,9 @@ def train(config: TrainConfig, stage: Stage) -> dict[str, Any]:
 
 
 def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, Any]:
+    run_start = time.perf_counter()
+    planned_steps = config.steps                 # before a time budget shortens the run
+
     # -----------------------------------------------------------------------------
     # Processes, devices, precision
     out = Path(config.out_dir)
@@ -169,6 +195,9 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
         state = checkpointing.load(resume_from, model, optimizer, stage.frozen, env, extra=extra)
         if ema is not None:
             ema.updates = state["ema_updates"]
+        budget_decided = state.get("budget_steps") is not None   # a time budget fixed the run's length already
+        if budget_decided:
+            config = with_steps(config, state["budget_steps"])
         if state["stage"] != stage.name:
             raise ValueError(f"{resume_from} was written by stage {state['stage']!r}, not {stage.name!r}")
         if state["frozen_sha256"] != frozen_sha:
@@ -184,6 +213,7 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
         warnings_before = state.get("data_warnings")
         _print0(env, f"resumed from {resume_from} at step {step}")
     else:
+        budget_decided = False
         checkpointing.seed_everything(config.seed + env.rank)  # per-rank streams (dropout) from here on
     if env.is_main:
         checkpointing.write_json_atomic(out / "config.json", {"stage": stage.name, **to_dict(config)})
@@ -201,6 +231,7 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
             "frozen_sha256": frozen_sha,
             "config": to_dict(config),
             **({"ema_updates": ema.updates} if ema is not None else {}),
+            **({"budget_steps": config.steps} if budget_decided else {}),
             **({"data_warnings": warning_totals()} if counts_warnings else {}),
         }
         checkpointing.save(ckpt_root, step, model, optimizer, stage.frozen, trainer_state, env, config.keep_checkpoints,
@@ -261,6 +292,8 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
 
         bar = tqdm(total=config.steps, initial=step, desc=stage.name, dynamic_ncols=True)
     start_time, last_record = time.perf_counter(), None
+    calibrate_at = step + max(1, min(BUDGET_CALIBRATION_STEPS, config.optim.warmup_steps - step))
+    step_times: list[float] = []
     while step < config.steps:
         lr = lr_at(step, config.optim, config.total_decay_steps())
         set_lr(optimizer, lr)
@@ -307,8 +340,22 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
                 f"{log.path}), lower optim.lr, or raise max_consecutive_nonfinite if the spikes are expected"
             )
 
-        # log: one JSONL record, the progress bar
+        # a time budget: once the first steps are timed, the run's length is decided (for good; checkpoints keep it)
         dt = time.perf_counter() - t0
+        step_times.append(dt)
+        if config.time_budget_s and not budget_decided and step >= calibrate_at:
+            fit = parallel.broadcast_object(
+                env, steps_within_budget(config, step, time.perf_counter() - run_start, step_times))
+            _print0(env, f"time budget {config.time_budget_s:.0f}s: {statistics.median(step_times):.2f} s/step over "
+                         f"{len(step_times)} steps, {time.perf_counter() - run_start:.0f}s spent; {fit} of "
+                         f"{config.steps} steps fit" + (", the schedule now ends there" if fit < config.steps else ""))
+            config, budget_decided = with_steps(config, fit), True
+            if env.is_main:
+                checkpointing.write_json_atomic(out / "config.json", {"stage": stage.name, **to_dict(config)})
+            if bar is not None:
+                bar.total = config.steps
+
+        # log: one JSONL record, the progress bar
         if step % config.log_every == 0 or step == config.steps:
             record = {
                 "step": step,
@@ -354,6 +401,7 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
     return {
         "rank": env.rank,
         "step": step,
+        "planned_steps": planned_steps,
         "loss": last_record["loss"] if last_record else None,
         "skipped": skipped,
         "out_dir": str(out),
