@@ -226,8 +226,8 @@ def test_warmup_then_cosine_to_min_lr():
 
 def test_time_budget_arithmetic():
     cfg = TrainConfig(steps=1000, time_budget_s=100.0, optim=OptimConfig(warmup_steps=20, decay_steps=800))
-    # 20 steps at a median of 0.5 s, 12 s spent: 20 + 88 * 0.97 / 0.5 = 190 steps fit
-    assert steps_within_budget(cfg, 20, 12.0, [3.0] + [0.5] * 19) == 20 + int(88 * BUDGET_MARGIN / 0.5)
+    # 20 steps, the later 10 at a median of 0.5 s, 12 s spent: 20 + 88 * 0.97 / 0.5 = 190 steps fit
+    assert steps_within_budget(cfg, 20, 12.0, [3.0] * 9 + [0.5] * 11) == 20 + int(88 * BUDGET_MARGIN / 0.5)
     assert steps_within_budget(cfg, 20, 12.0, [0.01] * 20) == 1000        # never more than planned
     assert steps_within_budget(cfg, 20, 150.0, [0.5] * 20) == 20          # over budget already: stop where it is
     short = with_steps(cfg, 250)
@@ -249,13 +249,13 @@ class CrashStage(ToyStage):
 
 
 def test_time_budget_shortens_the_run_once_and_a_resume_keeps_it(tmp_path):
-    # 1,000 planned steps of >= 10 ms cannot fit 5 s: after timing the 4 warm-up steps the trainer shortens the run
-    sets = {"steps": 1000, "time_budget_s": 5.0, "checkpoint_every": 5, "optim.warmup_steps": 4,
-            "stage_options.step_delay": 0.01}
+    # 1,000 planned steps of >= 0.1 s cannot fit 60 s: after timing the 4 warm-up steps the trainer shortens the run
+    sets = {"steps": 1000, "time_budget_s": 60.0, "checkpoint_every": 5, "optim.warmup_steps": 4,
+            "stage_options.step_delay": 0.1}
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(toy_config(tmp_path, **sets), CrashStage(crash_at_call=11))
     fit = json.loads((tmp_path / "config.json").read_text())["steps"]
-    assert 10 < fit <= 4 + int(5.0 * BUDGET_MARGIN / 0.01) < 1000
+    assert 10 < fit <= 4 + int(60.0 * BUDGET_MARGIN / 0.1) < 1000
     state = checkpointing.read_trainer_state(checkpointing.latest_checkpoint(tmp_path / "checkpoints"))
     assert state["step"] == 10 and state["budget_steps"] == fit
 

@@ -34,16 +34,17 @@ _RESUME_FREE = {
     "parallel", "device", "activation_checkpointing", "grad_accum", "max_consecutive_nonfinite", "time_budget_s",
 }
 
-BUDGET_CALIBRATION_STEPS = 20
-"""With a time budget, the steps timed before the run's length is decided (fewer when the warm-up is shorter)."""
+BUDGET_CALIBRATION_STEPS = 50
+"""With a time budget, the steps timed before the run's length is decided (fewer when the warm-up is shorter); the
+rate is the median of the later half, as the first steps of a process run slow."""
 BUDGET_MARGIN = 0.97
 """Share of the time left that the remaining steps may fill: checkpoints and the export are not in the step times."""
 
 
 def steps_within_budget(config: TrainConfig, step: int, elapsed_s: float, step_times: list[float]) -> int:
     """How many steps the run can have within `config.time_budget_s`: the `step` done, plus what the time left holds
-    at the median measured step time; never more than config.steps."""
-    per_step = statistics.median(step_times)
+    at the median time of the later half of the measured steps; never more than config.steps."""
+    per_step = statistics.median(step_times[len(step_times) // 2:])
     fit = step + int((config.time_budget_s - elapsed_s) * BUDGET_MARGIN / per_step)
     return max(step, min(config.steps, fit))
 
@@ -342,18 +343,20 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
 
         # a time budget: once the first steps are timed, the run's length is decided (for good; checkpoints keep it)
         dt = time.perf_counter() - t0
-        step_times.append(dt)
-        if config.time_budget_s and not budget_decided and step >= calibrate_at:
-            fit = parallel.broadcast_object(
-                env, steps_within_budget(config, step, time.perf_counter() - run_start, step_times))
-            _print0(env, f"time budget {config.time_budget_s:.0f}s: {statistics.median(step_times):.2f} s/step over "
-                         f"{len(step_times)} steps, {time.perf_counter() - run_start:.0f}s spent; {fit} of "
-                         f"{config.steps} steps fit" + (", the schedule now ends there" if fit < config.steps else ""))
-            config, budget_decided = with_steps(config, fit), True
-            if env.is_main:
-                checkpointing.write_json_atomic(out / "config.json", {"stage": stage.name, **to_dict(config)})
-            if bar is not None:
-                bar.total = config.steps
+        if config.time_budget_s and not budget_decided:
+            step_times.append(dt)
+            if step >= calibrate_at:
+                spent = time.perf_counter() - run_start
+                fit = parallel.broadcast_object(env, steps_within_budget(config, step, spent, step_times))
+                timed = step_times[len(step_times) // 2:]
+                _print0(env, f"time budget {config.time_budget_s:.0f}s: median {statistics.median(timed):.2f} s/step "
+                             f"over steps {step - len(timed) + 1}-{step}, {spent:.0f}s spent; {fit} of {config.steps} "
+                             "steps fit" + (", the schedule now ends there" if fit < config.steps else ""))
+                config, budget_decided = with_steps(config, fit), True
+                if env.is_main:
+                    checkpointing.write_json_atomic(out / "config.json", {"stage": stage.name, **to_dict(config)})
+                if bar is not None:
+                    bar.total = config.steps
 
         # log: one JSONL record, the progress bar
         if step % config.log_every == 0 or step == config.steps:
