@@ -183,7 +183,7 @@ def shapes(out: str = "runs/shapes") -> Recipe:
 
     Its stages at the rates `runs/full11` (understanding) and `runs/r16` (generation, editing) measured on the 2-core
     machine sum to ~147 min (docs/training.md; each entry's `minutes`); at one thread beside another job about twice
-    as slow. On a 2-core Zen 3 without bf16 instructions the same steps take ~290 min: `--time-budget 150`
+    as slow. On a 2-core Zen 3 without bf16 instructions the same steps take ~263 min: `--time-budget 150`
     (run_recipe's time_budget_min) shortens the stages to fit, in the proportions of their `minutes`. The stack
     stages run under bf16 autocast on a CPU that multiplies bf16 natively (`cpu_has_bf16`; fp32 elsewhere): x1.48
     per editing step, x1.14 per generation step, losses as fp32's; the understanding entries stay fp32 (not measured
