@@ -575,8 +575,8 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, only: Collection[str] | 
 
     `time_budget_min` (0 = none) is the wall time this call may take: the datasets are written first, then each
     stage still to train gets the time left in proportion to its reference `minutes` among those still to train,
-    as its TrainConfig.time_budget_s (the trainer shortens its steps to fit). On a machine as fast as the one a
-    recipe was sized on, nothing is shortened."""
+    as its TrainConfig.time_budget_s (the trainer shortens its steps to fit). A budget as long as the recipe's
+    reference time, on the machine it was sized on, keeps nearly every step (the trainer's 3 % margin aside)."""
     from star.training.stages import get_stage
     from star.training.tokenize import tokenize_dataset
     from star.training.trainer import train
