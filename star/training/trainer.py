@@ -41,10 +41,15 @@ BUDGET_MARGIN = 0.97
 """Share of the time left that the remaining steps may fill: checkpoints and the export are not in the step times."""
 
 
+def budget_rate(step_times: list[float]) -> float:
+    """Seconds per step a time budget plans with: the median of the later half of the timed steps."""
+    return statistics.median(step_times[len(step_times) // 2:])
+
+
 def steps_within_budget(config: TrainConfig, step: int, elapsed_s: float, step_times: list[float]) -> int:
     """How many steps the run can have within `config.time_budget_s`: the `step` done, plus what the time left holds
-    at the median time of the later half of the measured steps; never more than config.steps."""
-    per_step = statistics.median(step_times[len(step_times) // 2:])
+    at budget_rate(step_times); never more than config.steps."""
+    per_step = budget_rate(step_times)
     fit = step + int((config.time_budget_s - elapsed_s) * BUDGET_MARGIN / per_step)
     return max(step, min(config.steps, fit))
 
@@ -216,8 +221,13 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
     else:
         budget_decided = False
         checkpointing.seed_everything(config.seed + env.rank)  # per-rank streams (dropout) from here on
-    if env.is_main:
-        checkpointing.write_json_atomic(out / "config.json", {"stage": stage.name, **to_dict(config)})
+
+    def write_config() -> None:
+        """OUT/config.json: the resolved config as the run trains it (rewritten when a time budget shortens it)."""
+        if env.is_main:
+            checkpointing.write_json_atomic(out / "config.json", {"stage": stage.name, **to_dict(config)})
+
+    write_config()
     log = RunLog(out / "log.jsonl", enabled=env.is_main, keep_until=step if resume_from is not None else None)
 
     def save_checkpoint() -> None:
@@ -348,13 +358,12 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
             if step >= calibrate_at:
                 spent = time.perf_counter() - run_start
                 fit = parallel.broadcast_object(env, steps_within_budget(config, step, spent, step_times))
-                timed = step_times[len(step_times) // 2:]
-                _print0(env, f"time budget {config.time_budget_s:.0f}s: median {statistics.median(timed):.2f} s/step "
-                             f"over steps {step - len(timed) + 1}-{step}, {spent:.0f}s spent; {fit} of {config.steps} "
+                first = step - (len(step_times) - len(step_times) // 2) + 1
+                _print0(env, f"time budget {config.time_budget_s:.0f}s: median {budget_rate(step_times):.2f} s/step "
+                             f"over steps {first}-{step}, {spent:.0f}s spent; {fit} of {config.steps} "
                              "steps fit" + (", the schedule now ends there" if fit < config.steps else ""))
                 config, budget_decided = with_steps(config, fit), True
-                if env.is_main:
-                    checkpointing.write_json_atomic(out / "config.json", {"stage": stage.name, **to_dict(config)})
+                write_config()
                 if bar is not None:
                     bar.total = config.steps
 
