@@ -111,3 +111,21 @@ def test_time_budget_writes_the_data_first_and_shortens_the_stages_to_fit(tmp_pa
         assert config["steps"] == 5 and 0 < config["time_budget_s"] <= 0.6, name
         assert [r["step"] for r in read_log(out / name / "log.jsonl")] == [1, 2, 3, 4, 5], name
         assert (out / name / "DONE").is_file() and (out / name / "export" / "config.json").is_file()
+
+
+def test_a_resumed_stage_budget_counts_the_time_its_interrupted_run_spent(tmp_path):
+    """run_recipe gives a resumed stage its share of this call's time on top of what its checkpoint says the
+    interrupted run spent (the trainer's budget counts that time)."""
+    from star.training import checkpointing
+    from star.training.config import apply_overrides
+    from star.training.recipes import _time_spent
+    from star.training.toy import ToyStage
+    from star.training.trainer import train
+
+    assert _time_spent(tmp_path / "never-started") == 0.0
+    config = apply_overrides(ToyStage().default_config(), [
+        f"out_dir={json.dumps(str(tmp_path / 'run'))}", "steps=6", "batch_size=8", "checkpoint_every=3",
+        "progress=false", "device=\"cpu\"", "time_budget_s=600.0", "stage_options.step_delay=0.05"])
+    train(config, ToyStage())
+    state = checkpointing.read_trainer_state(checkpointing.latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    assert state["step"] == 6 and _time_spent(tmp_path / "run") == state["budget_spent_s"] >= 6 * 0.05

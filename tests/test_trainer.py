@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -26,7 +27,8 @@ from star.training.config import OptimConfig, TrainConfig, apply_overrides
 from star.training.optim import lr_at, param_groups
 from star.training.runlog import read_log
 from star.training.toy import ToyStage
-from star.training.trainer import BUDGET_MARGIN, steps_within_budget, train, with_steps
+from star.training.trainer import (BUDGET_MARGIN, budget_rate, overruns_budget, recent_pace, steps_within_budget,
+                                   train, with_steps)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -226,13 +228,20 @@ def test_warmup_then_cosine_to_min_lr():
 
 def test_time_budget_arithmetic():
     cfg = TrainConfig(steps=1000, time_budget_s=100.0, optim=OptimConfig(warmup_steps=20, decay_steps=800))
-    # 20 steps, the later 10 at a median of 0.5 s, 12 s spent: 20 + 88 * 0.97 / 0.5 = 190 steps fit
-    assert steps_within_budget(cfg, 20, 12.0, [3.0] * 9 + [0.5] * 11) == 20 + int(88 * BUDGET_MARGIN / 0.5)
-    assert steps_within_budget(cfg, 20, 12.0, [0.01] * 20) == 1000        # never more than planned
-    assert steps_within_budget(cfg, 20, 150.0, [0.5] * 20) == 20          # over budget already: stop where it is
+    # 20 steps timed, the later 10 at a median of 0.5 s, 12 s spent: 20 + 88 * 0.97 / 0.5 = 190 steps fit
+    assert budget_rate([3.0] * 9 + [0.5] * 11) == 0.5                     # the slow first steps do not count
+    assert steps_within_budget(cfg, 20, 12.0, 0.5) == 20 + int(88 * BUDGET_MARGIN / 0.5)
+    assert steps_within_budget(cfg, 20, 12.0, 0.01) == 1000               # never more than planned
+    assert steps_within_budget(cfg, 20, 150.0, 0.5) == 20                 # over budget already: stop where it is
     short = with_steps(cfg, 250)
     assert short.steps == 250 and short.optim.decay_steps == 200         # the schedule keeps its shape
     assert with_steps(TrainConfig(steps=1000), 250).optim.decay_steps is None   # decays over the 250 steps
+    assert not overruns_budget(short, 100, 40.0, 0.4)                    # 40 + 150 * 0.4 = 100: just fits
+    # the running pace: the slower of the last 10 steps' median and the wall clock over the last 50 steps
+    ends = [float(t) for t in range(61)]                                  # 1 s per step on the wall clock ...
+    assert recent_pace([0.5] * 60, ends) == 1.0                          # ... of which checkpoints took half
+    assert recent_pace([0.5] * 50 + [3.0] * 10, ends) == 3.0             # a slowdown shows within a few steps
+    assert overruns_budget(short, 100, 40.0, 0.41)
 
 
 class CrashStage(ToyStage):
@@ -248,16 +257,17 @@ class CrashStage(ToyStage):
         return super().loss(model, batch)
 
 
-def test_time_budget_shortens_the_run_once_and_a_resume_keeps_it(tmp_path):
+def test_time_budget_shortens_the_run_and_a_resume_keeps_it(tmp_path):
     # 1,000 planned steps of >= 0.1 s cannot fit 60 s: after timing the 4 warm-up steps the trainer shortens the run
-    sets = {"steps": 1000, "time_budget_s": 60.0, "checkpoint_every": 5, "optim.warmup_steps": 4,
+    # (at a steady pace it has no reason to shorten it again; one checkpoint, at step 10, before the crash)
+    sets = {"steps": 1000, "time_budget_s": 60.0, "checkpoint_every": 10, "optim.warmup_steps": 4,
             "stage_options.step_delay": 0.1}
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(toy_config(tmp_path, **sets), CrashStage(crash_at_call=11))
     fit = json.loads((tmp_path / "config.json").read_text())["steps"]
     assert 10 < fit <= 4 + int(60.0 * BUDGET_MARGIN / 0.1) < 1000
     state = checkpointing.read_trainer_state(checkpointing.latest_checkpoint(tmp_path / "checkpoints"))
-    assert state["step"] == 10 and state["budget_steps"] == fit
+    assert state["step"] == 10 and state["budget_steps"] == fit and state["budget_spent_s"] >= 10 * 0.1
 
     # resumed without the delay, the whole plan would fit now; the run keeps the length it decided
     sets.update({"stage_options.step_delay": 0.0, "checkpoint_every": 0})
@@ -269,6 +279,37 @@ def test_time_budget_shortens_the_run_once_and_a_resume_keeps_it(tmp_path):
     assert all(math.isclose(r["lr"], lr_at(r["step"] - 1, optim, fit)) for r in records), \
         "one schedule, warm-up to cosine over the shortened run, on both sides of the crash"
     assert records[-1]["lr"] < 0.25 * 3e-3 < lr_at(fit - 1, optim, 1000), "near min_lr at the end, not mid-way"
+    final = checkpointing.read_trainer_state(checkpointing.latest_checkpoint(tmp_path / "checkpoints"))
+    assert final["budget_spent_s"] > state["budget_spent_s"], "the time spent runs on across the resume"
+
+
+class SlowdownStage(ToyStage):
+    """ToyStage whose loss sleeps `fast` seconds per call up to call `at`, then `slow`: a machine that slows later."""
+
+    def __init__(self, fast: float, slow: float, at: int):
+        self.calls, self.fast, self.slow, self.at = 0, fast, slow, at
+
+    def loss(self, model, batch):
+        self.calls += 1
+        time.sleep(self.fast if self.calls <= self.at else self.slow)
+        return super().loss(model, batch)
+
+
+def test_time_budget_shortens_the_run_again_when_the_machine_slows_down(tmp_path, capsys):
+    # timed at ~0.01 s/step over the 4 warm-up steps, a few hundred steps fit 6 s; from step 40 on each step takes
+    # 0.05 s, at which that plan would end far past the budget: the trainer sees the pace change and ends in time
+    sets = {"steps": 2000, "time_budget_s": 6.0, "optim.warmup_steps": 4}
+    summary = train(toy_config(tmp_path, **sets), SlowdownStage(fast=0.01, slow=0.05, at=40))
+    first_plan = int(re.search(r"(\d+) of 2000 steps fit", capsys.readouterr().out).group(1))
+    assert 40 < summary["step"] < 0.6 * first_plan, "shortened again after the slowdown, not stopped at once"
+    records = read_log(tmp_path / "log.jsonl")
+    assert json.loads((tmp_path / "config.json").read_text())["steps"] == summary["step"] == records[-1]["step"]
+    assert records[-1]["time_s"] <= 6.0 + 0.5, "the run ends within its budget (half a second for this machine)"
+    optim = OptimConfig(lr=3e-3, min_lr=3e-4, warmup_steps=4, weight_decay=0.01)
+    assert math.isclose(records[-1]["lr"], lr_at(summary["step"] - 1, optim, summary["step"])), \
+        "the cosine ends at the new end"
+    state = checkpointing.read_trainer_state(checkpointing.latest_checkpoint(tmp_path / "checkpoints"))
+    assert state["budget_steps"] == summary["step"] and 0 < state["budget_spent_s"] <= 6.0 + 1.0
 
 
 def test_time_budget_that_fits_changes_nothing(tmp_path):

@@ -565,6 +565,15 @@ def assemble_model(export: Path, out: Path) -> Path:
     return out / "model"
 
 
+def _time_spent(run: Path) -> float:
+    """Seconds a stage's interrupted run spent up to its newest checkpoint (0 for none): a trainer's time budget
+    counts them, so a resumed stage's budget is what they took plus its share of this call's time."""
+    from star.training import checkpointing
+
+    newest = checkpointing.latest_checkpoint(run / "checkpoints")
+    return float(checkpointing.read_trainer_state(newest).get("budget_spent_s", 0.0)) if newest else 0.0
+
+
 def run_recipe(recipe: Recipe, *, resume: bool = False, only: Collection[str] | None = None,
                time_budget_min: float = 0.0, log: Callable[[str], None] = print) -> Path | None:
     """Run every stage of `recipe` in order (skipping completed ones when resuming); returns OUT/model.
@@ -681,9 +690,11 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, only: Collection[str] | 
             k = todo.index(entry)
             left = deadline - time.perf_counter()
             share = max(left, 0.0) * weights[k] / sum(weights[k:])
+            spent = _time_spent(run)
             log(f"{name}: {share / 60:.1f} of the {max(left, 0.0) / 60:.1f} min left"
+                + (f", after the {spent / 60:.1f} min its interrupted run spent" if spent else "")
                 + ("" if left > 0 else " (the budget is spent: it trains only the steps that time the rate)"))
-            config = dataclasses.replace(config, time_budget_s=max(share, 1e-3))
+            config = dataclasses.replace(config, time_budget_s=spent + max(share, 1e-3))
         log(f"{name}: training in {run}")
         t0 = time.perf_counter()
         train(dataclasses.replace(config, resume=True), get_stage(stage))

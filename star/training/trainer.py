@@ -39,6 +39,20 @@ BUDGET_CALIBRATION_STEPS = 50
 rate is the median of the later half, as the first steps of a process run slow."""
 BUDGET_MARGIN = 0.97
 """Share of the time left that the remaining steps may fill: checkpoints and the export are not in the step times."""
+BUDGET_CHECK_EVERY = 5
+"""After the decision, every this many steps the trainer projects the run's end from its recent pace and shortens
+the run again if that end lies past the budget (a machine that slows down later)."""
+BUDGET_PACE_STEPS = (10, 50)
+"""The recent pace, the slower of: the median time of the last 10 steps (reacts to a slowdown within a few steps) and
+the wall-clock seconds per step over the last 50 (checkpoints and snapshots included)."""
+
+
+def recent_pace(step_times: list[float], step_ends: list[float]) -> float:
+    """Seconds per step a running budget projects with (BUDGET_PACE_STEPS): `step_times` are the steps' own times,
+    `step_ends` the wall clock at the ends of the last steps (and at the start of the first of them)."""
+    short, long = BUDGET_PACE_STEPS
+    ends = step_ends[-long - 1:]
+    return max(statistics.median(step_times[-short:]), (ends[-1] - ends[0]) / (len(ends) - 1))
 
 
 def budget_rate(step_times: list[float]) -> float:
@@ -46,12 +60,16 @@ def budget_rate(step_times: list[float]) -> float:
     return statistics.median(step_times[len(step_times) // 2:])
 
 
-def steps_within_budget(config: TrainConfig, step: int, elapsed_s: float, step_times: list[float]) -> int:
+def steps_within_budget(config: TrainConfig, step: int, elapsed_s: float, per_step_s: float) -> int:
     """How many steps the run can have within `config.time_budget_s`: the `step` done, plus what the time left holds
-    at budget_rate(step_times); never more than config.steps."""
-    per_step = budget_rate(step_times)
-    fit = step + int((config.time_budget_s - elapsed_s) * BUDGET_MARGIN / per_step)
+    at `per_step_s`; never more than config.steps, never fewer than `step`."""
+    fit = step + int((config.time_budget_s - elapsed_s) * BUDGET_MARGIN / per_step_s)
     return max(step, min(config.steps, fit))
+
+
+def overruns_budget(config: TrainConfig, step: int, elapsed_s: float, per_step_s: float) -> bool:
+    """Would the run's remaining steps at `per_step_s` end past `config.time_budget_s`?"""
+    return elapsed_s + (config.steps - step) * per_step_s > config.time_budget_s
 
 
 def with_steps(config: TrainConfig, steps: int) -> TrainConfig:
@@ -131,7 +149,7 @@ def train(config: TrainConfig, stage: Stage) -> dict[str, Any]:
 
 def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, Any]:
     run_start = time.perf_counter()
-    planned_steps = config.steps                 # before a time budget shortens the run
+    planned = config                             # before a time budget shortens the run
 
     # -----------------------------------------------------------------------------
     # Processes, devices, precision
@@ -203,7 +221,11 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
             ema.updates = state["ema_updates"]
         budget_decided = state.get("budget_steps") is not None   # a time budget fixed the run's length already
         if budget_decided:
-            config = with_steps(config, state["budget_steps"])
+            config = with_steps(planned, state["budget_steps"])
+        spent_before = state.get("budget_spent_s", 0.0 if not budget_decided else None)
+        if config.time_budget_s and spent_before is None:
+            _print0(env, f"{resume_from} does not record the time its run spent: the time budget keeps the "
+                         f"{config.steps} steps decided and is not checked again")
         if state["stage"] != stage.name:
             raise ValueError(f"{resume_from} was written by stage {state['stage']!r}, not {stage.name!r}")
         if state["frozen_sha256"] != frozen_sha:
@@ -219,7 +241,7 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
         warnings_before = state.get("data_warnings")
         _print0(env, f"resumed from {resume_from} at step {step}")
     else:
-        budget_decided = False
+        budget_decided, spent_before = False, 0.0
         checkpointing.seed_everything(config.seed + env.rank)  # per-rank streams (dropout) from here on
 
     def write_config() -> None:
@@ -229,6 +251,11 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
 
     write_config()
     log = RunLog(out / "log.jsonl", enabled=env.is_main, keep_until=step if resume_from is not None else None)
+
+    def budget_spent() -> float:
+        """Seconds the run has taken so far: this process's, plus what the processes before a resume took (from the
+        start of each to its last checkpoint)."""
+        return spent_before + time.perf_counter() - run_start
 
     def save_checkpoint() -> None:
         checkpointing.verify_frozen(model, stage.frozen, frozen_sha, when=f"checkpoint at step {step}")
@@ -243,6 +270,7 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
             "config": to_dict(config),
             **({"ema_updates": ema.updates} if ema is not None else {}),
             **({"budget_steps": config.steps} if budget_decided else {}),
+            **({"budget_spent_s": budget_spent()} if config.time_budget_s and spent_before is not None else {}),
             **({"data_warnings": warning_totals()} if counts_warnings else {}),
         }
         checkpointing.save(ckpt_root, step, model, optimizer, stage.frozen, trainer_state, env, config.keep_checkpoints,
@@ -304,7 +332,8 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
         bar = tqdm(total=config.steps, initial=step, desc=stage.name, dynamic_ncols=True)
     start_time, last_record = time.perf_counter(), None
     calibrate_at = step + max(1, min(BUDGET_CALIBRATION_STEPS, config.optim.warmup_steps - step))
-    step_times: list[float] = []
+    step_times: list[float] = []                         # each step's own time (calibration, recent pace)
+    step_ends: list[float] = [start_time]                # wall clock at the start and at each step's end
     while step < config.steps:
         lr = lr_at(step, config.optim, config.total_decay_steps())
         set_lr(optimizer, lr)
@@ -351,21 +380,35 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
                 f"{log.path}), lower optim.lr, or raise max_consecutive_nonfinite if the spikes are expected"
             )
 
-        # a time budget: once the first steps are timed, the run's length is decided (for good; checkpoints keep it)
+        # a time budget: once the first steps are timed, the run's length is decided (checkpoints keep it); then,
+        # every BUDGET_CHECK_EVERY steps, a run whose recent pace would end it past the budget is shortened again
         dt = time.perf_counter() - t0
-        if config.time_budget_s and not budget_decided:
+        if config.time_budget_s:
             step_times.append(dt)
+            step_ends.append(time.perf_counter())
+            del step_times[:-BUDGET_CALIBRATION_STEPS], step_ends[:-BUDGET_PACE_STEPS[1] - 1]
+        if config.time_budget_s and not budget_decided:
             if step >= calibrate_at:
-                spent = time.perf_counter() - run_start
-                fit = parallel.broadcast_object(env, steps_within_budget(config, step, spent, step_times))
+                spent = budget_spent()
+                fit = parallel.broadcast_object(env, steps_within_budget(config, step, spent, budget_rate(step_times)))
                 first = step - (len(step_times) - len(step_times) // 2) + 1
                 _print0(env, f"time budget {config.time_budget_s:.0f}s: median {budget_rate(step_times):.2f} s/step "
                              f"over steps {first}-{step}, {spent:.0f}s spent; {fit} of {config.steps} "
                              "steps fit" + (", the schedule now ends there" if fit < config.steps else ""))
-                config, budget_decided = with_steps(config, fit), True
+                config, budget_decided = with_steps(planned, fit), True
                 write_config()
-                if bar is not None:
-                    bar.total = config.steps
+        elif (config.time_budget_s and spent_before is not None and step % BUDGET_CHECK_EVERY == 0
+              and step < config.steps and len(step_times) >= BUDGET_PACE_STEPS[0]):
+            spent, pace = budget_spent(), recent_pace(step_times, step_ends)
+            fit = steps_within_budget(config, step, spent, pace) if overruns_budget(config, step, spent, pace) else None
+            fit = parallel.broadcast_object(env, fit)
+            if fit is not None:
+                _print0(env, f"time budget {config.time_budget_s:.0f}s: {pace:.2f} s/step lately, {spent:.0f}s spent; "
+                             f"the run would overrun, so it now ends at step {fit} (was {config.steps})")
+                config = with_steps(planned, fit)
+                write_config()
+        if bar is not None:
+            bar.total = config.steps
 
         # log: one JSONL record, the progress bar
         if step % config.log_every == 0 or step == config.steps:
@@ -413,7 +456,7 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
     return {
         "rank": env.rank,
         "step": step,
-        "planned_steps": planned_steps,
+        "planned_steps": planned.steps,
         "loss": last_record["loss"] if last_record else None,
         "skipped": skipped,
         "out_dir": str(out),
