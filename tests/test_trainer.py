@@ -27,8 +27,9 @@ from star.training.config import OptimConfig, TrainConfig, apply_overrides
 from star.training.optim import lr_at, param_groups
 from star.training.runlog import read_log
 from star.training.toy import ToyStage
-from star.training.trainer import (BUDGET_MARGIN, budget_rate, overruns_budget, recent_pace, steps_within_budget,
-                                   train, with_steps)
+from star.training.budget import (BUDGET_MARGIN, budget_rate, overruns_budget, recent_pace, steps_within_budget,
+                                  with_steps)
+from star.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -258,16 +259,16 @@ class CrashStage(ToyStage):
 
 
 def test_time_budget_shortens_the_run_and_a_resume_keeps_it(tmp_path):
-    # 1,000 planned steps of >= 0.1 s cannot fit 60 s: after timing the 4 warm-up steps the trainer shortens the run
-    # (at a steady pace it has no reason to shorten it again; one checkpoint, at step 10, before the crash)
-    sets = {"steps": 1000, "time_budget_s": 60.0, "checkpoint_every": 10, "optim.warmup_steps": 4,
+    # 1,000 planned steps of >= 0.1 s cannot fit 60 s: after timing the 4 warm-up steps the trainer shortens the run;
+    # it checkpoints at step 5 and dies in step 10, before its first check of the pace (which needs 10 timed steps)
+    sets = {"steps": 1000, "time_budget_s": 60.0, "checkpoint_every": 5, "optim.warmup_steps": 4,
             "stage_options.step_delay": 0.1}
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(toy_config(tmp_path, **sets), CrashStage(crash_at_call=11))
+        train(toy_config(tmp_path, **sets), CrashStage(crash_at_call=10))
     fit = json.loads((tmp_path / "config.json").read_text())["steps"]
     assert 10 < fit <= 4 + int(60.0 * BUDGET_MARGIN / 0.1) < 1000
     state = checkpointing.read_trainer_state(checkpointing.latest_checkpoint(tmp_path / "checkpoints"))
-    assert state["step"] == 10 and state["budget_steps"] == fit and state["budget_spent_s"] >= 10 * 0.1
+    assert state["step"] == 5 and state["budget_steps"] == fit and state["budget_spent_s"] >= 5 * 0.1
 
     # resumed without the delay, the whole plan would fit now; the run keeps the length it decided
     sets.update({"stage_options.step_delay": 0.0, "checkpoint_every": 0})

@@ -9,6 +9,7 @@ Module map, in the order `train` uses them:
     checkpointing.py  atomic trainable-only DCP checkpoints with RNG states; frozen-weight SHA-256 fingerprints
     runlog.py         JSONL log and loss-curve PNG
     ema.py            optional EMA of the trainable weights (TrainConfig.ema_decay), exported instead of the raw ones
+    budget.py         the time budget (TrainConfig.time_budget_s): the steps that fit, re-planned as the pace changes
     trainer.py        train(config, stage): the loop
     cli.py            `star train STAGE ...` / `star train --recipe NAME ...`
     toy.py            a tiny stand-in stage (frozen MLP between a trainable adapter and head) for tests

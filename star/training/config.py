@@ -65,13 +65,13 @@ class TrainConfig:
     steps: int = 1000
     """Total optimizer steps of the run (a resumed run continues up to this number)."""
     time_budget_s: float = 0.0
-    """Wall-clock seconds the run may take, build and export included (0 = no limit). The trainer times the first
-    steps (up to `optim.warmup_steps`, at most BUDGET_CALIBRATION_STEPS, while the learning rate does not yet depend on
-    the run's length) and then lowers `steps`, never raises it, to what fits; the cosine schedule spans the shortened
-    run. Every BUDGET_CHECK_EVERY steps after that it projects the end from the recent pace (the slower of the last
-    10 steps' median time and the wall clock per step over the last 50, checkpoints and snapshots included) and, if
-    that end lies past the budget, shortens the run again (the schedule then ends at the new end). Decisions and the
-    time spent are kept in the checkpoints: a resumed run trains the steps decided and counts the time its earlier
+    """Wall-clock seconds the run may take, build and export included (0 = no limit; star/training/budget.py). The
+    trainer times the first steps (up to `optim.warmup_steps`, at most 50, while the learning rate does not yet
+    depend on the run's length) and then lowers `steps`, never raises it, to what fits; the cosine schedule spans the
+    shortened run. Every 5 steps after that it projects the end from the recent pace (the slower of the last 10
+    steps' median time and the wall clock per step over the last 50, checkpoints and snapshots included) and, if that
+    end lies past the budget, shortens the run again (the schedule then ends at the new end). Decisions and the time
+    spent are kept in the checkpoints: a resumed run trains the steps decided and counts the time its earlier
     processes spent up to their last checkpoint."""
     batch_size: int = 32
     """Global batch: samples per optimizer step, summed over ranks and accumulation micro-steps."""

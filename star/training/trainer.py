@@ -7,11 +7,9 @@ The same code runs as one CPU process and under torchrun on many GPUs; what diff
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import shutil
-import statistics
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch
 from torch import nn
 
 from star.training import checkpointing, parallel
+from star.training.budget import TimeBudget, with_steps
 from star.training.config import TrainConfig, to_dict
 from star.training.ema import EMA
 from star.training.optim import build_optimizer, lr_at, set_lr
@@ -33,52 +32,6 @@ _RESUME_FREE = {
     "out_dir", "resume", "progress", "log_every", "checkpoint_every", "keep_checkpoints", "export", "snapshot_every",
     "parallel", "device", "activation_checkpointing", "grad_accum", "max_consecutive_nonfinite", "time_budget_s",
 }
-
-BUDGET_CALIBRATION_STEPS = 50
-"""With a time budget, the steps timed before the run's length is decided (fewer when the warm-up is shorter); the
-rate is the median of the later half, as the first steps of a process run slow."""
-BUDGET_MARGIN = 0.97
-"""Share of the time left that the remaining steps may fill: checkpoints and the export are not in the step times."""
-BUDGET_CHECK_EVERY = 5
-"""After the decision, every this many steps the trainer projects the run's end from its recent pace and shortens
-the run again if that end lies past the budget (a machine that slows down later)."""
-BUDGET_PACE_STEPS = (10, 50)
-"""The recent pace, the slower of: the median time of the last 10 steps (reacts to a slowdown within a few steps) and
-the wall-clock seconds per step over the last 50 (checkpoints and snapshots included)."""
-
-
-def recent_pace(step_times: list[float], step_ends: list[float]) -> float:
-    """Seconds per step a running budget projects with (BUDGET_PACE_STEPS): `step_times` are the steps' own times,
-    `step_ends` the wall clock at the ends of the last steps (and at the start of the first of them)."""
-    short, long = BUDGET_PACE_STEPS
-    ends = step_ends[-long - 1:]
-    return max(statistics.median(step_times[-short:]), (ends[-1] - ends[0]) / (len(ends) - 1))
-
-
-def budget_rate(step_times: list[float]) -> float:
-    """Seconds per step a time budget plans with: the median of the later half of the timed steps."""
-    return statistics.median(step_times[len(step_times) // 2:])
-
-
-def steps_within_budget(config: TrainConfig, step: int, elapsed_s: float, per_step_s: float) -> int:
-    """How many steps the run can have within `config.time_budget_s`: the `step` done, plus what the time left holds
-    at `per_step_s`; never more than config.steps, never fewer than `step`."""
-    fit = step + int((config.time_budget_s - elapsed_s) * BUDGET_MARGIN / per_step_s)
-    return max(step, min(config.steps, fit))
-
-
-def overruns_budget(config: TrainConfig, step: int, elapsed_s: float, per_step_s: float) -> bool:
-    """Would the run's remaining steps at `per_step_s` end past `config.time_budget_s`?"""
-    return elapsed_s + (config.steps - step) * per_step_s > config.time_budget_s
-
-
-def with_steps(config: TrainConfig, steps: int) -> TrainConfig:
-    """`config` shortened to `steps`; an explicit decay span shrinks in proportion, so the schedule keeps its shape."""
-    decay = config.optim.decay_steps
-    optim = config.optim if decay is None else dataclasses.replace(
-        config.optim, decay_steps=max(1, round(decay * steps / config.steps)))
-    return dataclasses.replace(config, steps=steps, optim=optim)
-
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): bf16 autocast then trains faster than fp32
@@ -222,7 +175,7 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
         budget_decided = state.get("budget_steps") is not None   # a time budget fixed the run's length already
         if budget_decided:
             config = with_steps(planned, state["budget_steps"])
-        spent_before = state.get("budget_spent_s", 0.0 if not budget_decided else None)
+        spent_before = state.get("budget_spent_s", None if budget_decided else 0.0)
         if config.time_budget_s and spent_before is None:
             _print0(env, f"{resume_from} does not record the time its run spent: the time budget keeps the "
                          f"{config.steps} steps decided and is not checked again")
@@ -252,10 +205,7 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
     write_config()
     log = RunLog(out / "log.jsonl", enabled=env.is_main, keep_until=step if resume_from is not None else None)
 
-    def budget_spent() -> float:
-        """Seconds the run has taken so far: this process's, plus what the processes before a resume took (from the
-        start of each to its last checkpoint)."""
-        return spent_before + time.perf_counter() - run_start
+    budget = TimeBudget(config, step=step, spent_before=spent_before, decided=budget_decided, process_start=run_start)
 
     def save_checkpoint() -> None:
         checkpointing.verify_frozen(model, stage.frozen, frozen_sha, when=f"checkpoint at step {step}")
@@ -269,8 +219,7 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
             "frozen_sha256": frozen_sha,
             "config": to_dict(config),
             **({"ema_updates": ema.updates} if ema is not None else {}),
-            **({"budget_steps": config.steps} if budget_decided else {}),
-            **({"budget_spent_s": budget_spent()} if config.time_budget_s and spent_before is not None else {}),
+            **budget.checkpoint_state(config.steps),
             **({"data_warnings": warning_totals()} if counts_warnings else {}),
         }
         checkpointing.save(ckpt_root, step, model, optimizer, stage.frozen, trainer_state, env, config.keep_checkpoints,
@@ -331,9 +280,7 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
 
         bar = tqdm(total=config.steps, initial=step, desc=stage.name, dynamic_ncols=True)
     start_time, last_record = time.perf_counter(), None
-    calibrate_at = step + max(1, min(BUDGET_CALIBRATION_STEPS, config.optim.warmup_steps - step))
-    step_times: list[float] = []                         # each step's own time (calibration, recent pace)
-    step_ends: list[float] = [start_time]                # wall clock at the start and at each step's end
+    budget.start_loop()
     while step < config.steps:
         lr = lr_at(step, config.optim, config.total_decay_steps())
         set_lr(optimizer, lr)
@@ -381,34 +328,18 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
             )
 
         # a time budget: once the first steps are timed, the run's length is decided (checkpoints keep it); then,
-        # every BUDGET_CHECK_EVERY steps, a run whose recent pace would end it past the budget is shortened again
+        # every few steps, a run whose recent pace would end it past the budget is shortened again
         dt = time.perf_counter() - t0
-        if config.time_budget_s:
-            step_times.append(dt)
-            step_ends.append(time.perf_counter())
-            del step_times[:-BUDGET_CALIBRATION_STEPS], step_ends[:-BUDGET_PACE_STEPS[1] - 1]
-        if config.time_budget_s and not budget_decided:
-            if step >= calibrate_at:
-                spent = budget_spent()
-                fit = parallel.broadcast_object(env, steps_within_budget(config, step, spent, budget_rate(step_times)))
-                first = step - (len(step_times) - len(step_times) // 2) + 1
-                _print0(env, f"time budget {config.time_budget_s:.0f}s: median {budget_rate(step_times):.2f} s/step "
-                             f"over steps {first}-{step}, {spent:.0f}s spent; {fit} of {config.steps} "
-                             "steps fit" + (", the schedule now ends there" if fit < config.steps else ""))
-                config, budget_decided = with_steps(planned, fit), True
+        budget.record(dt)
+        if budget.due(step, config.steps):
+            fit, why = parallel.broadcast_object(env, budget.plan(config, step))
+            if why:
+                _print0(env, why)
+            if fit != config.steps or not budget.decided:
+                config, budget.decided = with_steps(planned, fit), True
                 write_config()
-        elif (config.time_budget_s and spent_before is not None and step % BUDGET_CHECK_EVERY == 0
-              and step < config.steps and len(step_times) >= BUDGET_PACE_STEPS[0]):
-            spent, pace = budget_spent(), recent_pace(step_times, step_ends)
-            fit = steps_within_budget(config, step, spent, pace) if overruns_budget(config, step, spent, pace) else None
-            fit = parallel.broadcast_object(env, fit)
-            if fit is not None:
-                _print0(env, f"time budget {config.time_budget_s:.0f}s: {pace:.2f} s/step lately, {spent:.0f}s spent; "
-                             f"the run would overrun, so it now ends at step {fit} (was {config.steps})")
-                config = with_steps(planned, fit)
-                write_config()
-        if bar is not None:
-            bar.total = config.steps
+                if bar is not None:
+                    bar.total = config.steps
 
         # log: one JSONL record, the progress bar
         if step % config.log_every == 0 or step == config.steps:
