@@ -66,10 +66,12 @@ class TimeBudget:
     """The budget as one training process sees it: the time the run spent before this process (None when its
     checkpoint did not record it: no more checks then), this process's step times, and whether the length is decided."""
 
-    def __init__(self, config: TrainConfig, *, step: int, spent_before: float | None, decided: bool,
-                 process_start: float):
+    def __init__(self, config: TrainConfig, *, step: int, resumed: dict | None, process_start: float):
+        """`resumed`: the trainer state of the checkpoint the run resumes from (None for a fresh run)."""
         self.seconds = config.time_budget_s
-        self.spent_before, self.decided, self.process_start = spent_before, decided, process_start
+        self.decided = resumed is not None and resumed.get("budget_steps") is not None
+        self.spent_before = 0.0 if resumed is None else resumed.get("budget_spent_s", None if self.decided else 0.0)
+        self.process_start = process_start
         self.calibrate_at = step + max(1, min(BUDGET_CALIBRATION_STEPS, config.optim.warmup_steps - step))
         self.step_times: list[float] = []                # each step's own time (calibration, recent pace)
         self.step_ends: list[float] = []                 # wall clock at the loop's start and at each step's end

@@ -172,13 +172,8 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
         state = checkpointing.load(resume_from, model, optimizer, stage.frozen, env, extra=extra)
         if ema is not None:
             ema.updates = state["ema_updates"]
-        budget_decided = state.get("budget_steps") is not None   # a time budget fixed the run's length already
-        if budget_decided:
+        if state.get("budget_steps") is not None:                # a time budget fixed the run's length already
             config = with_steps(planned, state["budget_steps"])
-        spent_before = state.get("budget_spent_s", None if budget_decided else 0.0)
-        if config.time_budget_s and spent_before is None:
-            _print0(env, f"{resume_from} does not record the time its run spent: the time budget keeps the "
-                         f"{config.steps} steps decided and is not checked again")
         if state["stage"] != stage.name:
             raise ValueError(f"{resume_from} was written by stage {state['stage']!r}, not {stage.name!r}")
         if state["frozen_sha256"] != frozen_sha:
@@ -194,7 +189,7 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
         warnings_before = state.get("data_warnings")
         _print0(env, f"resumed from {resume_from} at step {step}")
     else:
-        budget_decided, spent_before = False, 0.0
+        state = None
         checkpointing.seed_everything(config.seed + env.rank)  # per-rank streams (dropout) from here on
 
     def write_config() -> None:
@@ -205,7 +200,10 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
     write_config()
     log = RunLog(out / "log.jsonl", enabled=env.is_main, keep_until=step if resume_from is not None else None)
 
-    budget = TimeBudget(config, step=step, spent_before=spent_before, decided=budget_decided, process_start=run_start)
+    budget = TimeBudget(config, step=step, resumed=state, process_start=run_start)
+    if budget.active and budget.spent_before is None:
+        _print0(env, f"{resume_from} does not record the time its run spent: the time budget keeps the "
+                     f"{config.steps} steps decided and is not checked again")
 
     def save_checkpoint() -> None:
         checkpointing.verify_frozen(model, stage.frozen, frozen_sha, when=f"checkpoint at step {step}")
