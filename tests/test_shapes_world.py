@@ -247,6 +247,28 @@ def test_t2i_phrase_order_follows_the_image_or_the_draw():
         next(generate_records("t2i", 1, rng(0), phrase_order="sorted"))
 
 
+def test_t2i_on_white_records_draw_extracts_backdrop_and_say_so():
+    from star.shapes.cli_data import generate_records
+    from star.shapes.edits import EXTRACT_BACKDROP, centred
+
+    records = list(generate_records("t2i", 60, rng(7), resolution=64, white_frac=0.5))
+    white = [r for r in records if r["meta"]["tag"] == "on_white"]
+    assert 15 <= len(white) <= 45                                   # about half
+    centred_ones = 0
+    for r in white:
+        scene = Scene.from_dict(r["meta"]["scene"])
+        pixels = np.asarray(r["image"])
+        assert r["text"] == caption(scene) + " on a white background"
+        assert tuple(pixels[0, 0]) == EXTRACT_BACKDROP and tuple(pixels[-1, -1]) == EXTRACT_BACKDROP
+        assert 1 <= len(scene.objects) <= 2 and not is_heldout(scene)
+        for o in scene.objects:                                     # drawn in its own colour; white would vanish
+            assert o.color != "white"
+            assert tuple(pixels[int(o.cy * 64), int(o.cx * 64)]) == vocab.COLORS[o.color]
+        centred_ones += len(scene.objects) == 1 and scene.objects[0] == centred(scene.objects[0], True)
+    assert centred_ones >= 5                                        # extract's placement is among them
+    assert all(not r["text"].endswith("white background") for r in records if r not in white)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Held-out split
 

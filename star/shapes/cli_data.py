@@ -16,14 +16,16 @@ import numpy as np
 
 from star.data.records import KINDS, RecordWriter
 from star.shapes import vocab
-from star.shapes.edits import random_edit, render_target, type_counts
+from star.shapes.edits import EXTRACT_BACKDROP, centred, random_edit, render_on, render_target, type_counts
 from star.shapes.render import render
+from star.shapes.scene import Scene
 from star.shapes.sample import geneval_reference_scene, random_scene
 from star.shapes.text import (
     caption, in_reading_order, metadata_for_scene, paraphrases, random_geneval_metadata, vqa_questions, wise_fact_qa,
 )
 
 BACKGROUND_P = 0.25  # caption/vqa scenes: probability of a non-default background
+WHITE_CENTRED_P = 0.5  # t2i on white: share of single objects centred, as extract centres the object it cuts out
 
 
 def _background(rng: np.random.Generator) -> str:
@@ -36,18 +38,38 @@ def _background(rng: np.random.Generator) -> str:
 PHRASE_ORDERS = ("reading", "drawn")
 
 
+def on_white_record(rng: np.random.Generator, *, aligned: bool, resolution: int) -> dict:
+    """A t2i record drawn on extract's pure-white backdrop, "... on a white background": one medium object (centred
+    with probability WHITE_CENTRED_P, as extract draws it) or two, of any train-split colour but white (which would
+    vanish). Extract's targets are the only white-backdrop images otherwise, so their codes are learnt from
+    extract's few triplets alone; these records teach them with text-to-image's colour binding."""
+    while True:
+        scene = random_scene(rng, aligned=aligned, n_objects=int(rng.integers(1, 3)))
+        if all(o.color != "white" for o in scene.objects):
+            break
+    if len(scene.objects) == 1 and rng.random() < WHITE_CENTRED_P:
+        scene = Scene(objects=[centred(scene.objects[0], aligned)], background=scene.background)
+    return {"kind": "t2i", "image": render_on(scene, EXTRACT_BACKDROP, resolution),
+            "text": f"{caption(scene)} on a white background",
+            "meta": {"tag": "on_white", "scene": scene.to_dict(), "backdrop": list(EXTRACT_BACKDROP)}}
+
+
 def generate_records(kind: str, n: int, rng: np.random.Generator, *, aligned: bool = True,
                      resolution: int = vocab.DEFAULT_RESOLUTION, caption_frac: float = 0.1,
-                     phrase_order: str = "reading") -> Iterator[dict]:
+                     phrase_order: str = "reading", white_frac: float = 0.0) -> Iterator[dict]:
     """n train-split records of `kind`, images as PIL (RecordWriter.add stores them).
 
     t2i `phrase_order`: "reading" names a two-object prompt's objects in the image's reading order (the order the
     generator draws them: a colour is then bound by position in the prompt, not looked up by class), "drawn" keeps
-    the order the prompt was drawn in (independent of the layout)."""
+    the order the prompt was drawn in (independent of the layout). t2i `white_frac`: share of records drawn on
+    extract's white backdrop (on_white_record)."""
     if phrase_order not in PHRASE_ORDERS:
         raise ValueError(f"phrase_order must be one of {PHRASE_ORDERS}, got {phrase_order!r}")
     if kind == "t2i":
         for _ in range(n):
+            if white_frac and rng.random() < white_frac:
+                yield on_white_record(rng, aligned=aligned, resolution=resolution)
+                continue
             if rng.random() < caption_frac:
                 scene = random_scene(rng, aligned=aligned)
                 meta = metadata_for_scene(scene, rng)
@@ -110,6 +132,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unaligned", action="store_true", help="continuous placement instead of the grid")
     parser.add_argument("--caption-frac", type=float, default=0.1,
                         help="t2i: share of random scenes with a true prompt or caption (default 0.1)")
+    parser.add_argument("--white-frac", type=float, default=0.0,
+                        help="t2i: share of records drawn on extract's pure-white backdrop, '... on a white "
+                             "background' (default 0)")
     parser.add_argument("--phrase-order", choices=PHRASE_ORDERS, default="reading",
                         help="t2i: name a two-object prompt's objects in the image's reading order (default) or in "
                              "the order they were drawn")
@@ -122,10 +147,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--n must be >= 0, got {args.n}")
     if not 0.0 <= args.caption_frac <= 1.0:
         raise ValueError(f"--caption-frac must be in [0, 1], got {args.caption_frac}")
+    if not 0.0 <= args.white_frac <= 1.0:
+        raise ValueError(f"--white-frac must be in [0, 1], got {args.white_frac}")
     kinds = list(KINDS) if args.kind == "all" else [args.kind]
     meta = {"world": "shapeworld", "vocab": vocab.VOCAB_VERSION, "split": "train", "seed": args.seed,
             "resolution": args.resolution, "aligned": not args.unaligned, "kinds": kinds, "n_per_kind": args.n,
-            "phrase_order": args.phrase_order}
+            "phrase_order": args.phrase_order, "white_frac": args.white_frac}
     start = time.time()
     try:
         writer = RecordWriter(args.out, shard_size=args.shard_size, meta=meta, overwrite=args.overwrite)
@@ -136,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
             rng = np.random.default_rng([args.seed, list(KINDS).index(kind)])  # kinds independent of each other
             for record in generate_records(kind, args.n, rng, aligned=not args.unaligned,
                                            resolution=args.resolution, caption_frac=args.caption_frac,
-                                           phrase_order=args.phrase_order):
+                                           phrase_order=args.phrase_order, white_frac=args.white_frac):
                 writer.add(record)
     counts = ", ".join(f"{k} {v}" for k, v in writer.counts.items())
     print(f"wrote {args.out}: {counts}; {len(writer._images)} images; {time.time() - start:.1f}s")

@@ -120,6 +120,11 @@ def _obj_at(o: Obj, cx: float, cy: float, size: float | None = None, **kw) -> Ob
     return replace(o, cx=cx, cy=cy, size=o.size if size is None else size, **kw)
 
 
+def centred(o: Obj, aligned: bool) -> Obj:
+    """`o` moved to the image centre (on the grid's central block when aligned), as extract places it."""
+    return _obj_at(o, *_region_centre("the centre", o.size, aligned))
+
+
 def _region_centre(region: str, size: float, aligned: bool) -> tuple[float, float]:
     """Centre of a square object of max side `size` placed in a named region."""
     if aligned:
@@ -253,8 +258,7 @@ def _edit_style(src: Scene, rng, aligned: bool, split: Split):
 def _edit_extract(src: Scene, rng, aligned: bool, split: Split):
     i = _pick(rng, _referable(src, exclude_white=True))  # a white object would vanish on the white backdrop
     o = src.objects[i]
-    cx, cy = _region_centre("the centre", o.size, aligned)
-    return ([_obj_at(o, cx, cy)], edit_instruction("extract", rng, ref=refer(src, i)),
+    return ([centred(o, aligned)], edit_instruction("extract", rng, ref=refer(src, i)),
             {"op": "extract", "index": i, "object": asdict(o), "backdrop": list(EXTRACT_BACKDROP)})
 
 
@@ -393,6 +397,6 @@ def imgedit_items(n: int = 200, seed: int = 0, *, aligned: bool = True, split: S
 
 
 __all__ = [
-    "EDIT_TYPES", "IMGEDIT_COUNTS", "EXTRACT_BACKDROP", "EditImpossible", "EditItem", "render_on", "render_source",
-    "render_target", "make_edit", "random_edit", "type_counts", "imgedit_items",
+    "EDIT_TYPES", "IMGEDIT_COUNTS", "EXTRACT_BACKDROP", "EditImpossible", "EditItem", "centred", "render_on",
+    "render_source", "render_target", "make_edit", "random_edit", "type_counts", "imgedit_items",
 ]
