@@ -269,6 +269,33 @@ def test_t2i_on_white_records_draw_extracts_backdrop_and_say_so():
     assert all(not r["text"].endswith("white background") for r in records if r not in white)
 
 
+def _attrs(o: Obj) -> tuple:
+    return o.shape, o.color, o.size_band, o.hollow, o.orientation
+
+
+def test_t2i_varied_records_caption_the_sizes_outlines_and_turns_edits_draw(tmp_path, capsys):
+    from star.shapes.cli_data import generate_records
+    from star.shapes.parse import parse
+
+    records = list(generate_records("t2i", 80, rng(8), white_frac=0.2, varied_frac=0.5))
+    varied = [r for r in records if r["meta"]["tag"] == "varied"]
+    assert 25 <= len(varied) <= 55 and 5 <= sum(r["meta"]["tag"] == "on_white" for r in records) <= 30
+    scenes = [Scene.from_dict(r["meta"]["scene"]) for r in varied]
+    objects = [o for s in scenes for o in s.objects]
+    assert {o.size_band for o in objects} == set(vocab.SIZE_BANDS)
+    assert any(o.hollow for o in objects) and not all(o.hollow for o in objects)
+    assert any(o.orientation != vocab.ORIENTATIONS[o.shape][0] for o in objects)
+    for r, scene in zip(varied, scenes):
+        assert r["text"] == caption(scene) and not is_heldout(scene)
+        assert all(o.hollow == scene.objects[0].hollow for o in scene.objects)   # a whole scene is in outline
+        graph = parse(r["image"])                                               # the image is the caption's scene
+        drawn = Counter((o.shape, o.color, o.size_band, o.hollow, o.orientation) for o in graph.objects)
+        assert drawn == Counter(_attrs(o) for o in scene.objects) and graph.background == scene.background, r["text"]
+    args = ["shapes", "dataset", "--out", str(tmp_path / "d"), "--kind", "t2i", "--white-frac", "0.6"]
+    assert main([*args, "--varied-frac", "0.6"]) == 2 and "sum <= 1" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Held-out split
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from collections.abc import Iterator
 
 import numpy as np
@@ -26,6 +27,7 @@ from star.shapes.text import (
 
 BACKGROUND_P = 0.25  # caption/vqa scenes: probability of a non-default background
 WHITE_CENTRED_P = 0.5  # t2i on white: share of single objects centred, as extract centres the object it cuts out
+VARIED_HOLLOW_P = 0.25  # t2i varied: share of scenes in outline style (every object hollow, as style edits draw them)
 
 
 def _background(rng: np.random.Generator) -> str:
@@ -54,22 +56,43 @@ def on_white_record(rng: np.random.Generator, *, aligned: bool, resolution: int)
             "meta": {"tag": "on_white", "scene": scene.to_dict(), "backdrop": list(EXTRACT_BACKDROP)}}
 
 
+def varied_record(rng: np.random.Generator, *, aligned: bool, resolution: int) -> dict:
+    """A t2i record (the scene's caption) over what edits draw but GenEval's prompts never ask for: small and large
+    objects (adjust and compose resize), outlines (every object hollow with probability VARIED_HOLLOW_P, as style
+    draws them), turned orientations (action's flips) and named backgrounds; one to three objects."""
+    scene = random_scene(rng, aligned=aligned, n_objects=int(rng.integers(1, 4)), sizes=tuple(vocab.SIZE_BANDS),
+                         background=_background(rng))
+    hollow = bool(rng.random() < VARIED_HOLLOW_P)
+    turns = [vocab.ORIENTATIONS[o.shape] for o in scene.objects]
+    scene = Scene(objects=[replace(o, hollow=hollow, orientation=t[int(rng.integers(len(t)))])
+                           for o, t in zip(scene.objects, turns)], background=scene.background)
+    return {"kind": "t2i", "image": render(scene, resolution), "text": caption(scene),
+            "meta": {"tag": "varied", "scene": scene.to_dict()}}
+
+
 def generate_records(kind: str, n: int, rng: np.random.Generator, *, aligned: bool = True,
                      resolution: int = vocab.DEFAULT_RESOLUTION, caption_frac: float = 0.1,
-                     phrase_order: str = "reading", white_frac: float = 0.0) -> Iterator[dict]:
+                     phrase_order: str = "reading", white_frac: float = 0.0,
+                     varied_frac: float = 0.0) -> Iterator[dict]:
     """n train-split records of `kind`, images as PIL (RecordWriter.add stores them).
 
     t2i `phrase_order`: "reading" names a two-object prompt's objects in the image's reading order (the order the
     generator draws them: a colour is then bound by position in the prompt, not looked up by class), "drawn" keeps
     the order the prompt was drawn in (independent of the layout). t2i `white_frac`: share of records drawn on
-    extract's white backdrop (on_white_record)."""
+    extract's white backdrop (on_white_record); `varied_frac`: share of captioned scenes of the sizes, outlines,
+    orientations and backgrounds that edits draw (varied_record)."""
     if phrase_order not in PHRASE_ORDERS:
         raise ValueError(f"phrase_order must be one of {PHRASE_ORDERS}, got {phrase_order!r}")
     if kind == "t2i":
         for _ in range(n):
-            if white_frac and rng.random() < white_frac:
-                yield on_white_record(rng, aligned=aligned, resolution=resolution)
-                continue
+            if white_frac or varied_frac:
+                u = rng.random()
+                if u < white_frac:
+                    yield on_white_record(rng, aligned=aligned, resolution=resolution)
+                    continue
+                if u < white_frac + varied_frac:
+                    yield varied_record(rng, aligned=aligned, resolution=resolution)
+                    continue
             if rng.random() < caption_frac:
                 scene = random_scene(rng, aligned=aligned)
                 meta = metadata_for_scene(scene, rng)
@@ -135,6 +158,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--white-frac", type=float, default=0.0,
                         help="t2i: share of records drawn on extract's pure-white backdrop, '... on a white "
                              "background' (default 0)")
+    parser.add_argument("--varied-frac", type=float, default=0.0,
+                        help="t2i: share of captioned scenes with small/large, hollow, turned objects and named "
+                             "backgrounds, as edits draw them (default 0)")
     parser.add_argument("--phrase-order", choices=PHRASE_ORDERS, default="reading",
                         help="t2i: name a two-object prompt's objects in the image's reading order (default) or in "
                              "the order they were drawn")
@@ -147,12 +173,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--n must be >= 0, got {args.n}")
     if not 0.0 <= args.caption_frac <= 1.0:
         raise ValueError(f"--caption-frac must be in [0, 1], got {args.caption_frac}")
-    if not 0.0 <= args.white_frac <= 1.0:
-        raise ValueError(f"--white-frac must be in [0, 1], got {args.white_frac}")
+    if not (0.0 <= args.white_frac and 0.0 <= args.varied_frac and args.white_frac + args.varied_frac <= 1.0):
+        raise ValueError(f"--white-frac and --varied-frac must be >= 0 with a sum <= 1, got {args.white_frac} and "
+                         f"{args.varied_frac}")
     kinds = list(KINDS) if args.kind == "all" else [args.kind]
     meta = {"world": "shapeworld", "vocab": vocab.VOCAB_VERSION, "split": "train", "seed": args.seed,
             "resolution": args.resolution, "aligned": not args.unaligned, "kinds": kinds, "n_per_kind": args.n,
-            "phrase_order": args.phrase_order, "white_frac": args.white_frac}
+            "phrase_order": args.phrase_order, "white_frac": args.white_frac,
+            "varied_frac": args.varied_frac}
     start = time.time()
     try:
         writer = RecordWriter(args.out, shard_size=args.shard_size, meta=meta, overwrite=args.overwrite)
@@ -163,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
             rng = np.random.default_rng([args.seed, list(KINDS).index(kind)])  # kinds independent of each other
             for record in generate_records(kind, args.n, rng, aligned=not args.unaligned,
                                            resolution=args.resolution, caption_frac=args.caption_frac,
-                                           phrase_order=args.phrase_order, white_frac=args.white_frac):
+                                           phrase_order=args.phrase_order, white_frac=args.white_frac,
+                                           varied_frac=args.varied_frac):
                 writer.add(record)
     counts = ", ".join(f"{k} {v}" for k, v in writer.counts.items())
     print(f"wrote {args.out}: {counts}; {len(writer._images)} images; {time.time() - start:.1f}s")
