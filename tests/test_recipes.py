@@ -29,6 +29,12 @@ def test_shapes_quick_recipe_end_to_end(tmp_path):
     assert main(["train", "--recipe", "shapes-quick", "--out", str(out)]) == 0
     for stage in ("understanding", "understanding-text", "vq-train", "generation", "editing"):
         assert (out / stage / "DONE").is_file() and read_log(out / stage / "log.jsonl"), stage
+    # the editing stage also reads the pre-tokenised scenes only edits draw (white backdrop, sizes, outlines, turns)
+    edit_scenes = out / "data" / "t2i-edits"
+    assert {r["meta"]["tag"] for r in read_records(edit_scenes, kinds="t2i")} == {"on_white", "varied"}
+    assert (edit_scenes / "codes.safetensors").is_file()
+    editing_data = json.loads((out / "editing" / "config.json").read_text())["stage_options"]["data"]
+    assert [d["path"] for d in editing_data[1:]] == [str(out / "data" / "t2i"), str(edit_scenes)]
     text_log = read_log(out / "understanding-text" / "log.jsonl")
     assert {r["image_share"] for r in text_log} == {0.0}, "the second understanding entry is text only"
     # ... and trains only the layers above the stack's readout: what generation reads is the image entry's, bit for

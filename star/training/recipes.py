@@ -93,6 +93,10 @@ class DatasetSpec:
     phrase_order: str = "reading"
     """t2i: a two-object prompt names its objects in the image's reading order, or as "drawn" (`star shapes
     dataset --phrase-order`)."""
+    white_frac: float = 0.0
+    """t2i: share of records drawn on extract's white backdrop (`star shapes dataset --white-frac`)."""
+    varied_frac: float = 0.0
+    """t2i: share of captioned scenes with the sizes, outlines and turns edits draw (`--varied-frac`)."""
     tokenize: bool = False
     """Pre-tokenise its t2i / edit images with the recipe's VQ (`star tokenize`) before the stages read it."""
 
@@ -176,6 +180,17 @@ def _named(name: str, stage: str, out: Path, data: tuple[str, ...], minutes: flo
 
 BASE_LAYER = 2
 """The shapes recipe's stack reads base layer 2; the second understanding entry trains only the layers from there up."""
+WHITE_FRAC, VARIED_FRAC = 0.7, 0.3
+"""The editing stage's second t2i dataset ("t2i-edits"): scenes on extract's white backdrop and scenes of the sizes,
+outlines and turns edits draw (star.shapes.cli_data), which GenEval-style prompts never show."""
+EDIT_SCENES_WEIGHT = 0.6
+"""Its share of the editing stage's t2i samples (the GenEval-style t2i dataset has the rest)."""
+
+
+def _t2i_with_edit_scenes(o: Path) -> list[dict]:
+    """The editing stage's t2i sources: the generation stage's prompts and the scenes only edits draw."""
+    return [{"path": str(o / "data" / "t2i"), "weight": 1 - EDIT_SCENES_WEIGHT},
+            {"path": str(o / "data" / "t2i-edits"), "weight": EDIT_SCENES_WEIGHT}]
 
 
 def shapes(out: str = "runs/shapes") -> Recipe:
@@ -233,6 +248,8 @@ def shapes(out: str = "runs/shapes") -> Recipe:
                                          wise_reasoning=3_000),
             "t2i": DatasetSpec(kinds={"t2i": 40_000}, seed=102, tokenize=True),
             "edit": DatasetSpec(kinds={"edit": 12_000}, seed=103, tokenize=True),
+            "t2i-edits": DatasetSpec(kinds={"t2i": 12_000}, seed=105, white_frac=WHITE_FRAC, varied_frac=VARIED_FRAC,
+                                     tokenize=True),
             "vq": DatasetSpec(kinds={"t2i": 3_000, "edit": 1_000}, seed=104),
         },
         stages=[
@@ -268,10 +285,11 @@ def shapes(out: str = "runs/shapes") -> Recipe:
                 precision=stack_precision,
                 optim=dict(lr=1e-3, min_lr=2e-4, warmup_steps=100, weight_decay=0.05),
                 stage_options=dict(base=str(o / "base"), vq=str(o / "vq"), init=str(o / "generation" / "export"),
-                                   data=[str(o / "data" / "edit"), str(o / "data" / "t2i")],
+                                   data=[str(o / "data" / "edit"), *_t2i_with_edit_scenes(o)],
                                    kind_weights={"edit": 0.5, "t2i": 0.5}, train_adapter=False,
                                    edit_code_positions="source", cfg_dropout=0.1, reasoning_suffix=0.5,
-                                   sampling=sampling, edit_sampling=edit_sampling)), ("edit", "t2i"), minutes=38),
+                                   sampling=sampling, edit_sampling=edit_sampling)), ("edit", "t2i", "t2i-edits"),
+                minutes=38),
         ],
         notes="sizes and measured rates: docs/training.md, 'The shapes recipe'",
     )
@@ -299,6 +317,8 @@ def shapes_quick(out: str = "runs/shapes-quick") -> Recipe:
                                          wise_reasoning=30, resolution=64),
             "t2i": DatasetSpec(kinds={"t2i": 120}, seed=102, resolution=64, tokenize=True),
             "edit": DatasetSpec(kinds={"edit": 60}, seed=103, resolution=64, tokenize=True),
+            "t2i-edits": DatasetSpec(kinds={"t2i": 30}, seed=105, resolution=64, white_frac=WHITE_FRAC,
+                                     varied_frac=VARIED_FRAC, tokenize=True),
             "vq": DatasetSpec(kinds={"t2i": 60}, seed=104, resolution=64),
         },
         stages=[
@@ -323,9 +343,9 @@ def shapes_quick(out: str = "runs/shapes-quick") -> Recipe:
             RecipeStage("editing", _config(
                 "editing", o, steps=8, batch_size=8, checkpoint_every=4, ema_decay=0.99, optim=quick_optim,
                 stage_options=dict(base=str(o / "base"), vq=str(o / "vq"), init=str(o / "generation" / "export"),
-                                   data=[str(o / "data" / "edit"), str(o / "data" / "t2i")],
+                                   data=[str(o / "data" / "edit"), *_t2i_with_edit_scenes(o)],
                                    kind_weights={"edit": 0.75, "t2i": 0.25}, train_adapter=False,
-                                   reasoning_suffix=0.5, sampling=sampling)), ("edit", "t2i")),
+                                   reasoning_suffix=0.5, sampling=sampling)), ("edit", "t2i", "t2i-edits")),
         ],
     )
 
@@ -528,12 +548,12 @@ def build_dataset(spec: DatasetSpec, out: Path, log: Callable[[str], None]) -> N
     meta = {"world": "shapeworld", "vocab": vocab.VOCAB_VERSION, "split": "train", "seed": spec.seed,
             "resolution": spec.resolution, "aligned": True, "kinds": spec.kinds,
             "wise_reasoning": spec.wise_reasoning, "phrase_order": spec.phrase_order,
-            "written_by": "star.training.recipes"}
+            "white_frac": spec.white_frac, "varied_frac": spec.varied_frac, "written_by": "star.training.recipes"}
     with RecordWriter(out, meta=meta, overwrite=True) as writer:
         for kind, n in spec.kinds.items():
             rng = np.random.default_rng([spec.seed, list(KINDS).index(kind)])
-            for record in generate_records(kind, n, rng, resolution=spec.resolution,
-                                           phrase_order=spec.phrase_order):
+            for record in generate_records(kind, n, rng, resolution=spec.resolution, phrase_order=spec.phrase_order,
+                                           white_frac=spec.white_frac, varied_frac=spec.varied_frac):
                 writer.add(record)
         for record in wise_reasoning_records(spec.wise_reasoning, spec.seed):
             writer.add(record)
