@@ -2,6 +2,12 @@
 
     python scripts/ship_model.py --run runs/shapes [--out star/assets/star-shapes] [--top-k K --temperature T
                                  --guidance-scale S] [--edit-top-k K --edit-temperature T --edit-guidance-scale S]
+    python scripts/ship_model.py --continued RUN --name NAME --from star/assets/star-shapes --out DIR
+
+--continued: RUN is a stage run that continued the shipped folder --from (`star train editing ... --set
+stage_options.init=FROM`, or init = the export of FROM's last continuation, with FROM/base and FROM/vq as its base
+and tokenizer). Its export's weights and config replace FROM's; base/, vq/ and training/ are kept, RUN's config,
+loss.png and log go to training/NAME, and training/shipped.json lists the continuation.
 
 Writes, atomically (temp folder + rename):
 
@@ -74,9 +80,46 @@ def build(run: Path, tmp: Path, sampling: dict, edit_sampling: dict) -> None:
             shutil.copyfileobj(f, g)
 
 
+def build_continued(run: Path, shipped: Path, tmp: Path, name: str, sampling: dict, edit_sampling: dict) -> None:
+    opts = json.loads((run / "config.json").read_text())["stage_options"]
+    record = json.loads((shipped / "training" / "shipped.json").read_text())
+    last = [shipped] + [Path(c["from"]) / "export" for c in record.get("continued", [])[-1:]]
+    for key, wants in (("init", last), ("base", [shipped / "base"]), ("vq", [shipped / "vq"])):
+        if Path(opts.get(key) or "").resolve() not in [w.resolve() for w in wants]:
+            raise SystemExit(f"{run} did not continue {shipped}: its stage_options.{key} is {opts.get(key)!r}, "
+                             f"not {' or '.join(map(str, wants))}")
+    if (shipped / "training" / name).exists():
+        raise SystemExit(f"{shipped}/training/{name} exists; pick another --name")
+    config = json.loads((run / "export" / "config.json").read_text())
+    new = {**config["sampling"], **sampling}
+    new_edit = {**new, **edit_sampling} if edit_sampling else config.get("edit_sampling")
+    config.update(base="base", vq="vq", sampling=new, edit_sampling=new_edit)
+    shutil.copytree(shipped, tmp, ignore=shutil.ignore_patterns("model.safetensors", "config.json"))
+    for part in ("base", "vq"):                               # the frozen parts, byte for byte
+        shutil.copy2(shipped / part / "model.safetensors", tmp / part / "model.safetensors")
+        shutil.copy2(shipped / part / "config.json", tmp / part / "config.json")
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    half(run / "export" / "model.safetensors", tmp / "model.safetensors")
+    dst = tmp / "training" / name
+    dst.mkdir()
+    for file in ("config.json", "loss.png"):
+        if (run / file).is_file():
+            shutil.copy2(run / file, dst / file)
+    with open(run / "log.jsonl", "rb") as f, gzip.open(dst / "log.jsonl.gz", "wb") as g:
+        shutil.copyfileobj(f, g)
+    record.setdefault("continued", []).append({"name": name, "from": str(run.resolve()), "sampling": new,
+                                               "edit_sampling": new_edit})
+    (tmp / "training" / "shipped.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, help="a finished `star train --recipe shapes` output folder")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--run", help="a finished `star train --recipe shapes` output folder")
+    what.add_argument("--continued", help="a stage run continued from the shipped folder --from")
+    p.add_argument("--name", help="with --continued: its folder under training/")
+    p.add_argument("--from", dest="shipped", default=str(REPO / "star" / "assets" / "star-shapes"),
+                   help="with --continued: the shipped folder it continued (default: the shipped model)")
     p.add_argument("--out", default=str(REPO / "star" / "assets" / "star-shapes"))
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--temperature", type=float, default=None)
@@ -88,13 +131,21 @@ def main() -> int:
     sampling, edit_sampling = (
         {k: getattr(args, prefix + k) for k in ("top_k", "temperature", "guidance_scale")
          if getattr(args, prefix + k) is not None} for prefix in ("", "edit_"))
-    run, out = Path(args.run), Path(args.out)
-    for need in ("model/config.json", "base/config.json", "vq/model.safetensors", "editing/DONE"):
+    run, out = Path(args.run or args.continued), Path(args.out)
+    needs = ("export/config.json", "export/model.safetensors", "config.json", "log.jsonl") if args.continued else (
+        "model/config.json", "base/config.json", "vq/model.safetensors", "editing/DONE")
+    for need in needs:
         if not (run / need).exists():
-            raise SystemExit(f"{run} is not a finished shapes run: {run / need} is missing")
+            raise SystemExit(f"{run} is not a finished {'stage' if args.continued else 'shapes'} run: "
+                             f"{run / need} is missing")
+    if args.continued and not args.name:
+        raise SystemExit("--continued needs --name (its folder under training/)")
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    build(run, tmp, sampling, edit_sampling)
+    if args.continued:
+        build_continued(run, Path(args.shipped), tmp, args.name, sampling, edit_sampling)
+    else:
+        build(run, tmp, sampling, edit_sampling)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
