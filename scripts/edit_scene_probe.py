@@ -5,8 +5,9 @@
 white   "a {colour} {shape} on a white background" for 7 classes x 9 colours (extract's targets: one medium object on
         pure white); a hit is a parsed object of that class and colour
 varied  captions of scenes from star.shapes.cli_data.varied_record (small / large objects, outlines, turned
-        orientations, named backgrounds; seed 0, train split, so a coverage check, not a generalisation test); a hit
-        is a parse with exactly the caption's objects (class, colour, size band, hollow, orientation) and background
+        orientations, named backgrounds; seed 0, train split, so a coverage check, not a generalisation test): scenes
+        parsed with exactly the caption's objects (class, colour, size band, hollow, orientation) and background, and
+        per captioned object whether it is drawn in its class and colour, then in its size band, outline, orientation
 
 Drawn with the model's own T2I sampling (seed = the batch start). Prints hits per suite.
 """
@@ -50,14 +51,21 @@ def main() -> None:
     rng = np.random.default_rng(0)
     records = [varied_record(rng, aligned=True, resolution=resolution) for _ in range(args.n_varied)]
     graphs = draw([r["text"] for r in records])
-    exact = 0
+    exact, named, attrs = 0, 0, collections.Counter()
     for record, graph in zip(records, graphs):
         scene = Scene.from_dict(record["meta"]["scene"])
         want = collections.Counter((o.shape, o.color, o.size_band, o.hollow, o.orientation) for o in scene.objects)
         got = collections.Counter((o.shape, o.color, o.size_band, o.hollow, o.orientation) for o in graph.objects)
         exact += want == got and graph.background == scene.background
-    print(f"varied: {exact}/{len(records)} scenes drawn exactly as captioned")
-
+        for o in scene.objects:                      # each captioned object: drawn at all, then its other attributes
+            drawn = [p for p in graph.objects if (p.shape, p.color) == (o.shape, o.color)]
+            named += bool(drawn)
+            attrs["size"] += any(p.size_band == o.size_band for p in drawn)
+            attrs["outline"] += any(p.hollow == o.hollow for p in drawn)
+            attrs["orientation"] += any(p.orientation == o.orientation for p in drawn)
+    total = sum(len(r["meta"]["scene"]["objects"]) for r in records)
+    print(f"varied: {exact}/{len(records)} scenes drawn exactly as captioned; of {total} objects {named} drawn in "
+          f"their class and colour, of which right " + ", ".join(f"{k} {v}" for k, v in attrs.items()))
 
 if __name__ == "__main__":
     main()
