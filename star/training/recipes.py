@@ -227,7 +227,12 @@ def shapes(out: str = "runs/shapes") -> Recipe:
     more minutes to write and tokenise). Editing is undertrained at 900 steps (kept objects are copied better up to
     2,100, ShapeImgEdit 1.94 -> 2.49 in `runs/e13b`); bf16 pays for 1,800 steps in the time fp32 took for ~1,150,
     which lifts ShapeImgEdit from 2.39 (900 steps, `runs/c14c`) to 2.58 (`runs/r16`, the shipped model; second
-    decoder); lr 1e-3 (min 2e-4) rather than 5e-4 (at 900 steps: 1.97 -> 2.30; 2e-3: 2.20). Sampling defaults: EMA
+    decoder); lr 1e-3 (min 2e-4) rather than 5e-4 (at 900 steps: 1.97 -> 2.30; 2e-3: 2.20). A fifth of its samples
+    (0.6 of its T2I) come from `t2i-edits`, 8,000 captioned scenes of what only edits draw (WHITE_FRAC on extract's
+    white backdrop, the rest small/large, outline and turned objects; ~2 min to write and tokenise): GenEval-style
+    prompts show only medium solid upright objects on backdrops other than white, so extract drew each class in one
+    colour of its own; 600 steps with on-white scenes from the shipped model lift ShapeImgEdit 2.58 -> 2.81 (extract
+    2.19 -> 3.28; `runs/w19a`, nineteenth session). Sampling defaults: EMA
     weights; T2I temperature 0.7, no top-k, CFG 1.5 (a sweep of the second full run); edits greedy at CFG 2, which
     helps once the editor copies objects (thirteenth session; docs/training.md). The vq stage runs only when the
     shipped tokenizer is missing (then add ~20 min: 2,500 steps with every cell's code fixed by the
@@ -248,7 +253,7 @@ def shapes(out: str = "runs/shapes") -> Recipe:
                                          wise_reasoning=3_000),
             "t2i": DatasetSpec(kinds={"t2i": 40_000}, seed=102, tokenize=True),
             "edit": DatasetSpec(kinds={"edit": 12_000}, seed=103, tokenize=True),
-            "t2i-edits": DatasetSpec(kinds={"t2i": 12_000}, seed=105, white_frac=WHITE_FRAC, varied_frac=VARIED_FRAC,
+            "t2i-edits": DatasetSpec(kinds={"t2i": 8_000}, seed=105, white_frac=WHITE_FRAC, varied_frac=VARIED_FRAC,
                                      tokenize=True),
             "vq": DatasetSpec(kinds={"t2i": 3_000, "edit": 1_000}, seed=104),
         },
