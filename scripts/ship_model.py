@@ -94,10 +94,9 @@ def build_continued(run: Path, shipped: Path, tmp: Path, name: str, sampling: di
     new = {**config["sampling"], **sampling}
     new_edit = {**new, **edit_sampling} if edit_sampling else config.get("edit_sampling")
     config.update(base="base", vq="vq", sampling=new, edit_sampling=new_edit)
-    shutil.copytree(shipped, tmp, ignore=shutil.ignore_patterns("model.safetensors", "config.json"))
-    for part in ("base", "vq"):                               # the frozen parts, byte for byte
-        shutil.copy2(shipped / part / "model.safetensors", tmp / part / "model.safetensors")
-        shutil.copy2(shipped / part / "config.json", tmp / part / "config.json")
+    top = shipped.resolve()
+    shutil.copytree(shipped, tmp, ignore=lambda folder, names: (  # all but the weights and config it replaces
+        {"model.safetensors", "config.json"} & set(names) if Path(folder).resolve() == top else set()))
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     half(run / "export" / "model.safetensors", tmp / "model.safetensors")
     dst = tmp / "training" / name

@@ -40,7 +40,8 @@ def shipped_folder(root: Path) -> Path:
                  {"head.weight": torch.zeros(4, 2, dtype=torch.float16)})
     write_folder(shipped / "base", {"kind": "base"}, {"w": torch.ones(3, dtype=torch.float16)})
     write_folder(shipped / "vq", {"kind": "vq"}, {"codebook": torch.ones(5, 2, dtype=torch.float16)})
-    (shipped / "training").mkdir()
+    (shipped / "training" / "editing").mkdir(parents=True)
+    (shipped / "training" / "editing" / "config.json").write_text('{"stage": "editing"}')
     (shipped / "training" / "shipped.json").write_text(json.dumps({"from": "runs/r16"}))
     return shipped
 
@@ -62,8 +63,9 @@ def test_a_continued_stage_run_replaces_the_weights_and_keeps_base_vq_and_proven
     a = tmp_path / "a"
     head = load_file(str(a / "model.safetensors"))["head.weight"]
     assert head.dtype == torch.float16 and torch.equal(head, torch.full((4, 2), 0.25, dtype=torch.float16))
-    for part in ("base", "vq"):                                          # frozen parts byte for byte
-        assert (a / part / "model.safetensors").read_bytes() == (shipped / part / "model.safetensors").read_bytes()
+    for kept in ("base/model.safetensors", "base/config.json", "vq/model.safetensors", "vq/config.json",
+                 "training/editing/config.json"):                       # frozen parts and provenance, byte for byte
+        assert (a / kept).read_bytes() == (shipped / kept).read_bytes(), kept
     config = json.loads((a / "config.json").read_text())
     assert config["base"] == "base" and config["vq"] == "vq" and config["edit_sampling"] == EDIT_SAMPLING
     record = json.loads((a / "training" / "shipped.json").read_text())
