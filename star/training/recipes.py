@@ -231,8 +231,9 @@ def shapes(out: str = "runs/shapes") -> Recipe:
     (0.6 of its T2I) come from `t2i-edits`, 8,000 captioned scenes of what only edits draw (WHITE_FRAC on extract's
     white backdrop, the rest small/large, outline and turned objects; ~2 min to write and tokenise): GenEval-style
     prompts show only medium solid upright objects on backdrops other than white, so extract drew each class in one
-    colour of its own; 600 steps with on-white scenes from the shipped model lift ShapeImgEdit 2.58 -> 2.81 (extract
-    2.19 -> 3.28; `runs/w19a`, nineteenth session). Sampling defaults: EMA
+    colour of its own; 600 steps with on-white scenes from the ninth shipped model lift ShapeImgEdit 2.58 -> 2.81
+    (extract 2.19 -> 3.28; `runs/w19a`), 600 more with this mix 2.93 (`runs/w19c`, the shipped model; nineteenth
+    session). Sampling defaults: EMA
     weights; T2I temperature 0.7, no top-k, CFG 1.5 (a sweep of the second full run); edits greedy at CFG 2, which
     helps once the editor copies objects (thirteenth session; docs/training.md). The vq stage runs only when the
     shipped tokenizer is missing (then add ~20 min: 2,500 steps with every cell's code fixed by the
