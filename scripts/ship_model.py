@@ -47,11 +47,22 @@ def half(src: Path, dst: Path) -> None:
               metadata={"format": "pt"})
 
 
+def resampled(config: dict, sampling: dict, edit_sampling: dict) -> tuple[dict, dict | None]:
+    """(sampling, edit_sampling) of a model config with the command line's overrides applied."""
+    new = {**config["sampling"], **sampling}
+    return new, ({**new, **edit_sampling} if edit_sampling else config.get("edit_sampling"))
+
+
+def gzip_log(run: Path, dst: Path) -> None:
+    """run/log.jsonl -> dst/log.jsonl.gz."""
+    with open(run / "log.jsonl", "rb") as f, gzip.open(dst / "log.jsonl.gz", "wb") as g:
+        shutil.copyfileobj(f, g)
+
+
 def build(run: Path, tmp: Path, sampling: dict, edit_sampling: dict) -> None:
     model = run / "model"
     config = json.loads((model / "config.json").read_text())
-    new = {**config["sampling"], **sampling}
-    new_edit = {**new, **edit_sampling} if edit_sampling else config.get("edit_sampling")
+    new, new_edit = resampled(config, sampling, edit_sampling)
     shipped = {"from": str(run.resolve()), "base": [config["base"], "base"], "vq": [config["vq"], "vq"],
                "sampling": [dict(config["sampling"]), new],
                "edit_sampling": [config.get("edit_sampling"), new_edit]}
@@ -76,8 +87,7 @@ def build(run: Path, tmp: Path, sampling: dict, edit_sampling: dict) -> None:
         for name in ("config.json", "DONE", "loss.png"):
             if (src / name).is_file():
                 shutil.copy2(src / name, dst / name)
-        with open(src / "log.jsonl", "rb") as f, gzip.open(dst / "log.jsonl.gz", "wb") as g:
-            shutil.copyfileobj(f, g)
+        gzip_log(src, dst)
 
 
 def build_continued(run: Path, shipped: Path, tmp: Path, name: str, sampling: dict, edit_sampling: dict) -> None:
@@ -91,8 +101,7 @@ def build_continued(run: Path, shipped: Path, tmp: Path, name: str, sampling: di
     if (shipped / "training" / name).exists():
         raise SystemExit(f"{shipped}/training/{name} exists; pick another --name")
     config = json.loads((run / "export" / "config.json").read_text())
-    new = {**config["sampling"], **sampling}
-    new_edit = {**new, **edit_sampling} if edit_sampling else config.get("edit_sampling")
+    new, new_edit = resampled(config, sampling, edit_sampling)
     config.update(base="base", vq="vq", sampling=new, edit_sampling=new_edit)
     top = shipped.resolve()
     shutil.copytree(shipped, tmp, ignore=lambda folder, names: (  # all but the weights and config it replaces
@@ -104,8 +113,7 @@ def build_continued(run: Path, shipped: Path, tmp: Path, name: str, sampling: di
     for file in ("config.json", "loss.png"):
         if (run / file).is_file():
             shutil.copy2(run / file, dst / file)
-    with open(run / "log.jsonl", "rb") as f, gzip.open(dst / "log.jsonl.gz", "wb") as g:
-        shutil.copyfileobj(f, g)
+    gzip_log(run, dst)
     record.setdefault("continued", []).append({"name": name, "from": str(run.resolve()), "sampling": new,
                                                "edit_sampling": new_edit})
     (tmp / "training" / "shipped.json").write_text(json.dumps(record, indent=2) + "\n")

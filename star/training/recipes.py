@@ -227,7 +227,7 @@ def shapes(out: str = "runs/shapes") -> Recipe:
     more minutes to write and tokenise). Editing is undertrained at 900 steps (kept objects are copied better up to
     2,100, ShapeImgEdit 1.94 -> 2.49 in `runs/e13b`); bf16 pays for 1,800 steps in the time fp32 took for ~1,150,
     which lifts ShapeImgEdit from 2.39 (900 steps, `runs/c14c`) to 2.58 (`runs/r16`, the shipped model; second
-    decoder); lr 1e-3 (min 2e-4) rather than 5e-4 (at 900 steps: 1.97 -> 2.30; 2e-3: 2.20). A fifth of its samples
+    decoder); lr 1e-3 (min 2e-4) rather than 5e-4 (at 900 steps: 1.97 -> 2.30; 2e-3: 2.20). 0.3 of its samples
     (0.6 of its T2I) come from `t2i-edits`, 8,000 captioned scenes of what only edits draw (WHITE_FRAC on extract's
     white backdrop, the rest small/large, outline and turned objects; ~2 min to write and tokenise): GenEval-style
     prompts show only medium solid upright objects on backdrops other than white, so extract drew each class in one
