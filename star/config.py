@@ -153,6 +153,10 @@ class STARConfig:
     """Positions of an edit's generated codes: "continue" = 1-D after the prompt (upstream); "source" = source code
     i's position + max_prompt_tokens, so each target code lies at one fixed distance from the source code in its
     place whatever the instruction's length (copying is then a single relative offset to learn; not upstream)."""
+    edit_source_hint: bool = False
+    """Editing: add a learned map of source code i's vector to the stack's input at the position that predicts
+    target code i, so each cell being drawn sees what the source holds there (not upstream; needs a source of the
+    target's grid)."""
     edit_vit_max_tokens: int | None = None
     """Editing: most ViT tokens for the source image (upstream: 576); None = the base image processor's budget."""
     edit_vit_min_tokens: int | None = None

@@ -6,7 +6,9 @@ Data flow:
         text ids ─▶ base.embed_text;  <|vision_pad|> slots ◀─ adapter(vq.embed(source codes));  <|image_pad|> slots
         ◀─ base.embed_images (ViT);  positions ◀─ base.position_ids (1-D for T2I, Qwen's 3-D rope index for editing)
         image codes to feed (teacher forcing, or one per decode step) are appended: adapter(vq.embed(codes), cells),
-        1-D positions continuing after the prompt (edits with config.edit_code_positions="source": after the source)
+        1-D positions continuing after the prompt (edits with config.edit_code_positions="source": after the source);
+        with config.edit_source_hint, the stack's input at the position predicting target code i also gets
+        source_hint(vq.embed(source code i)): what the source holds in the cell being drawn
     Sequence ─▶ base (all layers + final norm; or up to config.base_layer) ─▶ stacked AR module(s) ─▶ head ─▶ code
     logits (B, ·, K)
 
@@ -93,6 +95,8 @@ class Sequence:
     attention_mask: Tensor   # (B, past + T)
     position_ids: Tensor     # (3, B, T)
     next_position: Tensor    # (B,) position of the next token to append
+    stack_hints: Tensor | None = None   # (B, T, D) added to the stack's input (edit_source_hint), else None
+    source_hints: Tensor | None = None  # (B, N, D) source_hint(source code i) per row, for decoding steps
 
 
 @dataclass
@@ -103,6 +107,7 @@ class DecodeState:
     attention_mask: Tensor   # (R, T_so_far)
     next_position: Tensor    # (R,)
     codes_fed: int = 0       # image codes appended so far (the next one's grid cell)
+    source_hints: Tensor | None = None  # (R, N, D) edit_source_hint per row, else None
 
 
 @dataclass
@@ -145,6 +150,11 @@ class STAR(nn.Module):
             earlier.requires_grad_(False)
         self.adapter = PixelAdapter(config.adapter).to(base.device, base.dtype)
         self.head = PixelHead(config.head).to(base.device, base.dtype)
+        self.source_hint = None
+        if config.edit_source_hint:                  # zero at init: a model that never trained it is unchanged
+            self.source_hint = nn.Linear(config.adapter.code_dim, config.hidden_size, bias=False,
+                                         device=base.device, dtype=base.dtype)
+            nn.init.zeros_(self.source_hint.weight)
         self.special = SpecialTokens.from_tokenizer(base.tokenizer) if base.tokenizer is not None else None
 
     # --- sizes ---------------------------------------------------------------------
@@ -179,8 +189,9 @@ class STAR(nn.Module):
         return stack
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
-        """The parts STAR trains and saves: stacks, adapter, head (the base and the VQ are referenced, not saved)."""
-        return {k: v for k, v in self.state_dict().items() if k.startswith(("stacks.", "adapter.", "head."))}
+        """The parts STAR trains and saves: stacks, adapter, head, source_hint (the base and the VQ are referenced)."""
+        return {k: v for k, v in self.state_dict().items()
+                if k.startswith(("stacks.", "adapter.", "head.", "source_hint."))}
 
     # --- the single sequence builder -------------------------------------------
     def embed_codes(self, codes: Tensor, first_cell: int = 0) -> Tensor:
@@ -227,7 +238,27 @@ class STAR(nn.Module):
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], n)], dim=1)
             positions = torch.cat([positions, (next_position[:, None] + steps)[None].expand(3, -1, -1)], dim=2)
             next_position = next_position + n
-        return Sequence(x, mask, positions, next_position)
+        hints = self.source_hints(cond, vq_slots)                                      # (B, N, D) or None
+        stack_hints = None
+        if hints is not None:           # inputs predicting codes 0..k-1: the prompt's last token, then the codes fed
+            t, k = ids.shape[1] - 1, min(x.shape[1] - ids.shape[1] + 1, hints.shape[1])
+            stack_hints = hints.new_zeros(x.shape[0], x.shape[1], hints.shape[-1])     # (B, T + n, D)
+            stack_hints[:, t:t + k] = hints[:, :k]
+        return Sequence(x, mask, positions, next_position, stack_hints, hints)
+
+    def source_hints(self, cond: Condition, vq_slots: Tensor) -> Tensor | None:
+        """(B, N, D) source_hint(source code i) per edit row, zeros for rows without a source; None when the model
+        has no source hint or the batch no source."""
+        if self.source_hint is None or not bool(vq_slots.any()):
+            return None
+        n, edit_rows = self.num_image_tokens, vq_slots.any(1)                          # (B,)
+        if bool((vq_slots.sum(1)[edit_rows] != n).any()):
+            raise ValueError(f"edit_source_hint needs a source of {n} codes (the target's grid) per edit row, "
+                             f"got {vq_slots.sum(1)[edit_rows].tolist()}")
+        vectors = self.vq.embed(cond.source_codes.reshape(-1, n)).to(self.source_hint.weight.dtype)
+        hints = self.source_hint(vectors)                                              # (B_edit, N, D)
+        out = hints.new_zeros(vq_slots.shape[0], n, hints.shape[-1])                   # (B, N, D)
+        return out.masked_scatter(edit_rows[:, None, None], hints)
 
     def hidden_states(self, seq: Sequence, state: DecodeState | None = None) -> Tensor:
         """Sequence -> (B, T, D) hidden states of the top stack. The base runs without a graph when the adapter
@@ -237,6 +268,8 @@ class STAR(nn.Module):
         with torch.set_grad_enabled(adapter_trains):
             h = self.base(seq.embeds, seq.attention_mask, seq.position_ids, caches[0],   # (B, T, D) post-norm,
                           layer=self.config.base_layer)                                   # or layer k's output
+        if seq.stack_hints is not None:
+            h = h + seq.stack_hints.to(h.dtype)
         for stack, cache in zip(self.stacks, caches[1:]):
             h = stack(h, seq.attention_mask, seq.position_ids, cache)                  # (B, T, D)
         return h
@@ -265,7 +298,7 @@ class STAR(nn.Module):
 
         seq = self.embed(cond)
         caches = [DynamicCache(config=self.base.text_config)] + [s.new_cache() for s in self.stacks]
-        state = DecodeState(caches, seq.attention_mask, seq.next_position)
+        state = DecodeState(caches, seq.attention_mask, seq.next_position, 0, seq.source_hints)
         return self.head(self.hidden_states(seq, state)[:, -1]), state
 
     def step(self, codes: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
@@ -273,8 +306,11 @@ class STAR(nn.Module):
         r = codes.shape[0]
         mask = torch.cat([state.attention_mask, state.attention_mask.new_ones(r, 1)], dim=1)   # (R, T + 1)
         positions = state.next_position.view(1, r, 1).expand(3, r, 1)                          # (3, R, 1)
-        seq = Sequence(self.embed_codes(codes[:, None], state.codes_fed), mask, positions, state.next_position + 1)
-        state = DecodeState(state.caches, mask, seq.next_position, state.codes_fed + 1)
+        hints, i = state.source_hints, state.codes_fed + 1                             # this input predicts code i
+        stack_hints = hints[:, i:i + 1] if hints is not None and i < hints.shape[1] else None   # (R, 1, D)
+        seq = Sequence(self.embed_codes(codes[:, None], state.codes_fed), mask, positions, state.next_position + 1,
+                       stack_hints)
+        state = DecodeState(state.caches, mask, seq.next_position, state.codes_fed + 1, hints)
         return self.head(self.hidden_states(seq, state)[:, -1]), state
 
     # --- persistence (star.checkpoint) ------------------------------------------

@@ -271,6 +271,42 @@ def test_cell_embedding_gives_every_code_its_grid_cell_in_training_and_decoding(
         make_star(adapter={**grid, "grid_cells": 9})
 
 
+def test_edit_source_hint_gives_the_input_predicting_code_i_source_code_i(make_star):
+    plain, model = make_star(), make_star(edit_source_hint=True)
+    model.load_state_dict({**plain.state_dict(), "source_hint.weight": model.source_hint.weight})
+    assert torch.count_nonzero(model.source_hint.weight) == 0, "the map starts at zero"
+    assert "source_hint.weight" in model.trainable_state_dict(), "saved with the trained parts"
+    pipe = STARPipeline(model)
+    edit = pipe.edit_condition([rgb(0), rgb(1)], ["make the cube blue", "remove the ball"]).with_null()
+    t2i = Condition.from_rows([t2i_row(model.base.tokenizer, model.special, "a red cube")],
+                              model.special.end_of_text).with_null()
+    codes = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(full_logits(model, edit, codes), full_logits(plain, edit, codes), atol=0, rtol=0)
+
+    with torch.no_grad():
+        model.source_hint.weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(7))
+    cached, _ = step_logits(model, edit, codes)               # each decode step adds the next cell's source code
+    torch.testing.assert_close(cached, full_logits(model, edit, codes), atol=ATOL, rtol=0)
+    assert not torch.allclose(cached, full_logits(plain, edit, codes), atol=1e-3), "the hint matters"
+    torch.testing.assert_close(full_logits(model, t2i, codes[:2]), full_logits(plain, t2i, codes[:2]), atol=0, rtol=0)
+
+    # the position predicting code i (the prompt's last token for i = 0, then code i - 1) holds hint(source code i)
+    seq = model.embed(edit, codes[:, :-1])
+    t = edit.input_ids.shape[1] - 1
+    expected = model.source_hint(model.vq.embed(edit.source_codes.reshape(4, 16)))              # (4, 16, D)
+    torch.testing.assert_close(seq.stack_hints[:, t:], expected, atol=0, rtol=0)
+    assert torch.count_nonzero(seq.stack_hints[:, :t]) == 0, "nothing before the first code's position"
+    # and source code i alone moves the logits from position i on
+    changed = edit.source_codes.clone().reshape(4, 16)
+    changed[:, 9] = (changed[:, 9] + 1) % 64
+    moved = Condition(edit.input_ids, edit.null_ids, edit.attention_mask, changed.reshape(edit.source_codes.shape),
+                      edit.pixel_values, edit.image_grid_thw)
+    hints_only = model.source_hints(moved, moved.input_ids == model.special.vision_pad) - \
+        model.source_hints(edit, edit.input_ids == model.special.vision_pad)
+    assert torch.count_nonzero(hints_only.abs().sum(-1)[:, torch.arange(16) != 9]) == 0
+    assert bool((hints_only[:, 9].abs().sum(-1) > 0).all())
+
+
 # -----------------------------------------------------------------------------
 # Training
 

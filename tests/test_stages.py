@@ -95,13 +95,15 @@ def stage_cases(tiny_base_dir, star_vq_dir, dataset, gen_export):
         "editing-new-stack": ({**gen, "init": str(gen_export), "new_stack": True, "stack_layers": 1,
                                "train_adapter": False},
                               ("stacks.1", "head"), ("base", "vq", "stacks.0", "adapter")),
+        "editing-source-hint": ({**gen, "init": str(gen_export), "edit_source_hint": True, "train_adapter": False},
+                                ("stacks.0", "head", "source_hint"), ("base", "vq", "adapter")),
     }
 
 
 @pytest.mark.parametrize("case", ["understanding", "understanding-freeze-layers", "vq", "vq-dictionary-warmup",
                                   "generation",
                                   "generation-frozen-adapter", "editing",
-                                  "editing-new-stack"])
+                                  "editing-new-stack", "editing-source-hint"])
 def test_stage_declares_what_trains_and_a_step_moves_exactly_that(case, tmp_path, tiny_base_dir, star_vq_dir,
                                                                    dataset, gen_export):
     options, trainable, frozen = stage_cases(tiny_base_dir, star_vq_dir, dataset, gen_export)[case]

@@ -96,6 +96,10 @@ class GenerationOptions:
     """Longest prompt (chat template included); longer samples are skipped and counted."""
     edit_code_positions: str = "continue"
     """Positions of an edit's target codes (STARConfig.edit_code_positions): "continue" (upstream) or "source"."""
+    edit_source_hint: bool = False
+    """Give the stack, at the position predicting each target code, the source's code in that cell through a new
+    zero-initialised map (STARConfig.edit_source_hint; trains with the stack). An init model without one gets a new
+    one (its absence is reported)."""
     edit_vit_min_tokens: int | None = None
     """Editing: fewest ViT tokens of the source image (STARConfig.edit_vit_min_tokens)."""
     edit_vit_max_tokens: int | None = None
@@ -370,9 +374,10 @@ class GenerationStage:
                              f"understanding stage's export)")
         return opts
 
-    def declare(self, n_stacks: int, train_adapter: bool) -> None:
+    def declare(self, n_stacks: int, train_adapter: bool, source_hint: bool = False) -> None:
         top = f"stacks.{n_stacks - 1}"
         self.trainable = (top, "adapter", "head") if train_adapter else (top, "head")
+        self.trainable += ("source_hint",) if source_hint else ()
         self.frozen = ("base", "vq", *(f"stacks.{i}" for i in range(n_stacks - 1)),
                        *(() if train_adapter else ("adapter",)))
 
@@ -393,6 +398,7 @@ class GenerationStage:
         paths = dict(base=str(Path(opts.base).resolve()), vq=vq_folder(opts.vq))
         settings = dict(cfg_dropout=opts.cfg_dropout, max_prompt_tokens=opts.max_prompt_tokens,
                         edit_code_positions=opts.edit_code_positions,
+                        **({"edit_source_hint": True} if opts.edit_source_hint else {}),
                         edit_vit_min_tokens=opts.edit_vit_min_tokens, edit_vit_max_tokens=opts.edit_vit_max_tokens,
                         understand_vit_max_tokens=opts.understand_vit_max_tokens)
         if opts.init:
@@ -422,11 +428,15 @@ class GenerationStage:
                 edit_sampling=SamplingConfig(**opts.edit_sampling) if opts.edit_sampling else None)
         model = STAR(star_config, base, vq)
         if opts.init:
-            load_trainable(model, load_file(str(Path(opts.init) / "model.safetensors")), str(opts.init))
+            state = load_file(str(Path(opts.init) / "model.safetensors"))
+            if model.source_hint is not None and "source_hint.weight" not in state:
+                print(f"note: {opts.init} has no source_hint; edit_source_hint starts from a new zero map")
+                state["source_hint.weight"] = model.source_hint.weight.detach().clone()
+            load_trainable(model, state, str(opts.init))
         if opts.new_stack:
             model.add_stack(StackedARConfig(num_layers=opts.stack_layers, init=opts.stack_init))
         n = len(model.stacks)
-        self.declare(n, opts.train_adapter)
+        self.declare(n, opts.train_adapter, model.source_hint is not None)
         for name in self.trainable:                 # trainable weights are fp32 master weights (autocast does bf16)
             model.get_submodule(name).float().requires_grad_(True)
         for name in self.frozen:
