@@ -104,14 +104,21 @@ class SamplingConfig:
     """Keep the smallest set of codes whose probability reaches p; 1.0 = no nucleus filter."""
     temperature: float = 1.0
     """Logits are divided by it; 0 = greedy (argmax)."""
+    guidance_after_change: float | None = None
+    """Editing: a row's CFG scale once one of its decoded codes differs from the source's code in that cell (the edit
+    has started); None = guidance_scale throughout. Guidance has to start an edit against the pull to copy the
+    source; kept on at full strength it draws the edit again elsewhere (not upstream)."""
 
     def __post_init__(self):
-        check_sampling(self.guidance_scale, self.top_k, self.top_p, self.temperature)
+        check_sampling(self.guidance_scale, self.top_k, self.top_p, self.temperature, self.guidance_after_change)
 
 
-def check_sampling(guidance_scale: float, top_k: int, top_p: float, temperature: float) -> None:
+def check_sampling(guidance_scale: float, top_k: int, top_p: float, temperature: float,
+                   guidance_after_change: float | None = None) -> None:
     if guidance_scale < 0:
         raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+    if guidance_after_change is not None and guidance_after_change < 0:
+        raise ValueError(f"guidance_after_change must be >= 0 or None, got {guidance_after_change}")
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
     if not 0.0 < top_p <= 1.0:

@@ -60,7 +60,7 @@ class Pipe(Protocol):
                       temperature=None, generator=None, reasoning: bool = False, max_answer_tokens: int = 256): ...
 
     def edit(self, image, prompt, *, guidance_scale=None, top_k=None, top_p=None, temperature=None,
-             generator=None): ...
+             generator=None, guidance_after_change=None): ...
 
     def understand(self, image, prompt, *, max_new_tokens: int = 256, temperature: float = 0.0) -> list[str]: ...
 
@@ -87,6 +87,8 @@ class EvalConfig:
     top_k: int | None = None
     top_p: float | None = None
     temperature: float | None = None
+    guidance_after_change: float | None = None
+    """imgedit: the CFG scale of an edit once it departs from the source (SamplingConfig); None = the model's."""
     batch_size: int = 16
     """Images (vqa: questions) per pipeline call."""
     reasoning: bool = False
@@ -110,6 +112,8 @@ class EvalConfig:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.resolution is not None and self.resolution < 16:
             raise ValueError(f"resolution must be >= 16, got {self.resolution}")
+        if self.guidance_after_change is not None and self.suite != "imgedit":
+            raise ValueError(f"guidance_after_change applies to editing (imgedit), not {self.suite}")
         if self.reasoning and self.suite not in ("geneval", "wise"):
             raise ValueError(f"reasoning applies to the text-to-image suites (geneval, wise), not {self.suite}")
 
@@ -128,7 +132,9 @@ def model_resolution(pipe) -> int:
 
 def sampling_settings(pipe, cfg: EvalConfig) -> dict:
     """The requested sampling arguments and the values actually used (None -> the model's default for the task)."""
-    requested = {k: getattr(cfg, k) for k in ("guidance_scale", "top_k", "top_p", "temperature")}
+    names = ("guidance_scale", "top_k", "top_p", "temperature") + (("guidance_after_change",) if cfg.suite == "imgedit"
+                                                                   else ())
+    requested = {k: getattr(cfg, k) for k in names}
     config = getattr(getattr(pipe, "model", None), "config", None)
     defaults = config.default_sampling("edit" if cfg.suite == "imgedit" else "t2i") if config is not None else None
     effective = {k: (getattr(defaults, k, None) if v is None else v) for k, v in requested.items()}
@@ -345,8 +351,11 @@ def eval_imgedit(pipe: Pipe, cfg: EvalConfig, resolution: int, log) -> tuple[dic
     def call(keys: list[str]) -> None:
         nonlocal done
         sources = [render_source(item_of[k], resolution) for k in keys]
+        kwargs = _sampling_kwargs(cfg)
+        if cfg.guidance_after_change is not None:
+            kwargs["guidance_after_change"] = cfg.guidance_after_change
         out = pipe.edit(sources, [item_of[k].instruction for k in keys],
-                        generator=_generators(pipe, [cfg.seed + int(k) for k in keys]), **_sampling_kwargs(cfg))
+                        generator=_generators(pipe, [cfg.seed + int(k) for k in keys]), **kwargs)
         if len(out.images) != len(keys):
             raise RuntimeError(f"pipeline returned {len(out.images)} images for {len(keys)} edits")
         for k, im in zip(keys, out.images):
@@ -702,7 +711,7 @@ def evaluate(pipe: Pipe, cfg: EvalConfig, log: Callable[[str], None] | None = No
         summary, grid = eval_wise(pipe, cfg, log)
     make_grid(grid, cfg.out / "grid.png")
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "suite", "model", "guidance_scale", "top_k",
-                                                                   "top_p", "temperature")}
+                                                                   "top_p", "temperature", "guidance_after_change")}
     if cfg.suite != "geneval":
         settings.pop("images_per_prompt")
     summary = {"suite": cfg.suite, "overall": summary.pop("overall"), "model": cfg.model,
@@ -731,6 +740,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=None, help="top-k filter, 0 = off (default: the model's)")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus filter, 1 = off (default: the model's)")
     parser.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: the model's)")
+    parser.add_argument("--guidance-after-change", type=float, default=None,
+                        help="imgedit: CFG scale of an edit once it departs from the source (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=16, help="images (vqa: questions) per call (default 16)")
     parser.add_argument("--max-new-tokens", type=int, default=64,
                         help="text tokens of the base's answers: vqa answers, reasoning answers (default 64)")
@@ -744,7 +755,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = EvalConfig(suite=args.suite, out=Path(args.out), limit=args.limit, images_per_prompt=args.images_per_prompt,
                      seed=args.seed, guidance_scale=args.guidance_scale, top_k=args.top_k, top_p=args.top_p,
-                     temperature=args.temperature, batch_size=args.batch_size, reasoning=args.reasoning,
+                     temperature=args.temperature, guidance_after_change=args.guidance_after_change,
+                     batch_size=args.batch_size, reasoning=args.reasoning,
                      max_new_tokens=args.max_new_tokens, resolution=args.resolution,
                      model=str(Path(args.model).resolve()) if args.model else str(DEFAULT_MODEL))
     pipe = load_pipeline(args, understanding_only=cfg.suite == "vqa")    # vqa also takes a bare base folder

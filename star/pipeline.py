@@ -180,10 +180,12 @@ class STARPipeline:
 
     def edit(self, image, prompt: str | list[str], *, num_images: int = 1, guidance_scale: float | None = None,
              top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,
-             seed: int | None = None, generator=None) -> ImageOutput:
-        """Edit `image` (one image, or one per prompt) following each instruction in `prompt`."""
+             seed: int | None = None, generator=None, guidance_after_change: float | None = None) -> ImageOutput:
+        """Edit `image` (one image, or one per prompt) following each instruction in `prompt`. guidance_after_change:
+        the CFG scale of an edit once its decoded codes depart from the source (SamplingConfig; None = the model's)."""
         cond = self.edit_condition(image, prompt, num_images=num_images)
-        codes = self._generate(cond, "edit", guidance_scale, top_k, top_p, temperature, seed, generator)
+        codes = self._generate(cond, "edit", guidance_scale, top_k, top_p, temperature, seed, generator,
+                               guidance_after_change)
         return ImageOutput(*self._decode(codes))
 
     def understand(self, image, prompt: str | list[str], *, max_new_tokens: int = 256, temperature: float = 0.0,
@@ -237,17 +239,22 @@ class STARPipeline:
         return Condition.from_rows(rows, self.special.end_of_text, device=self.device, **images)
 
     def _generate(self, cond: Condition, task: str, guidance_scale, top_k, top_p, temperature, seed,
-                  generator) -> Tensor:
+                  generator, guidance_after_change=None) -> Tensor:
         d = self.model.config.default_sampling(task)
         guidance_scale = d.guidance_scale if guidance_scale is None else guidance_scale
         top_k = d.top_k if top_k is None else top_k
         top_p = d.top_p if top_p is None else top_p
         temperature = d.temperature if temperature is None else temperature
-        check_sampling(guidance_scale, top_k, top_p, temperature)
+        if task != "edit":
+            guidance_after_change = None
+        elif guidance_after_change is None:
+            guidance_after_change = d.guidance_after_change
+        check_sampling(guidance_scale, top_k, top_p, temperature, guidance_after_change)
         if generator is None and seed is not None:
             generator = [torch.Generator(self.device).manual_seed(seed + i) for i in range(cond.batch_size)]
         return generate_codes(self.model, cond, self.model.num_image_tokens, guidance_scale=guidance_scale,
-                              temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+                              temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+                              guidance_after_change=guidance_after_change)
 
     def _decode(self, codes: Tensor) -> tuple[list[Image.Image], Tensor]:
         h, w = self.model.image_grid

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 
-def apply_cfg(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
-    """Classifier-free guidance on logits: uncond + scale * (cond - uncond). (B, K), (B, K) -> (B, K)."""
+def apply_cfg(cond: Tensor, uncond: Tensor, scale: float | Tensor) -> Tensor:
+    """Classifier-free guidance on logits: uncond + scale * (cond - uncond). (B, K), (B, K), scale () or (B, 1)."""
     return uncond + scale * (cond - uncond)
 
 

@@ -98,13 +98,14 @@ def test_suite_end_to_end_on_the_tiny_model(suite, tiny_model_dir, tmp_path, cap
     name = suite.removesuffix("-reasoning")
     args = ["eval", "shapes", "--suite", name, "--model", str(tiny_model_dir), "--device", "cpu", "--out", str(out),
             "--limit", "2", "--images-per-prompt", "2", "--max-new-tokens", "4", "--batch-size", "5", "--quiet",
-            "--top-k", "8", "--guidance-scale", "2"]
+            "--top-k", "8", "--guidance-scale", "2"] + (["--guidance-after-change", "1.5"] if name == "imgedit" else [])
     assert cli_main(args + (["--reasoning"] if suite.endswith("reasoning") else [])) == 0
     assert "overall" in capsys.readouterr().out
     s = _summary(out)
     c = s["counts"]
     assert s["suite"] == name and s["model"] == str(tiny_model_dir.resolve()) and s["resolution"] == 16
-    assert s["sampling"]["effective"] == {"guidance_scale": 2.0, "top_k": 8, "top_p": 0.9, "temperature": 1.0}
+    assert s["sampling"]["effective"] == {"guidance_scale": 2.0, "top_k": 8, "top_p": 0.9, "temperature": 1.0,
+                                          **({"guidance_after_change": 1.5} if name == "imgedit" else {})}
     assert c["errors"] == 0 and c["present_before"] == 0
     assert c["generated"] == c["found"] == c["scored"] == c["expected"], "every item generated and scored"
     assert set(s["in_distribution"]) == {"overall", "n"}
@@ -190,5 +191,7 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys, monkeypatch):
     assert "no default model is installed" in err and "--model" in err
     with pytest.raises(ValueError, match="reasoning applies to the text-to-image suites"):
         EvalConfig(suite="vqa", out=tmp_path, reasoning=True)
+    with pytest.raises(ValueError, match="guidance_after_change applies to editing"):
+        EvalConfig(suite="geneval", out=tmp_path, guidance_after_change=1.5)
     assert wise_overall({"Cultural": 1.0, "Time": 0.0, "Space": 0.0, "Biology": 0.0, "Physics": 0.0,
                          "Chemistry": 0.0}) == pytest.approx(0.4)

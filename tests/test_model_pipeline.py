@@ -88,6 +88,50 @@ def test_temperature_and_guidance_are_applied(pipe):
     assert not torch.equal(guided.codes, greedy.codes), "guidance changes the greedy codes"
 
 
+def _switching_reference(model, cond, n, before, after):
+    """Greedy guided decoding by hand: a row's scale is `after` from its first code that differs from the source."""
+    source = cond.source_codes.reshape(cond.batch_size, n)
+    scale = [before] * cond.batch_size
+    with torch.no_grad():
+        logits, state = model.prefill(cond.with_null())
+        codes = []
+        for i in range(n):
+            c, u = logits.float().chunk(2)
+            code = torch.stack([(u[r] + scale[r] * (c[r] - u[r])).argmax() for r in range(cond.batch_size)])
+            scale = [after if int(code[r]) != int(source[r, i]) else scale[r] for r in range(cond.batch_size)]
+            codes.append(code)
+            logits, state = model.step(code.repeat(2), state)
+    return torch.stack(codes, 1)
+
+
+def test_guidance_after_change_switches_a_rows_scale_once_it_departs_from_its_source(pipe, monkeypatch):
+    from star.config import SamplingConfig
+
+    images, prompts = [rgb(0), rgb(1)], ["make the cube blue", "remove the ball"]
+    greedy = dict(guidance_scale=3.0, temperature=0.0, top_k=0, top_p=1.0)
+    plain = pipe.edit(images, prompts, **greedy).codes.flatten(1)
+    assert torch.equal(pipe.edit(images, prompts, **greedy, guidance_after_change=3.0).codes.flatten(1), plain), \
+        "the same scale after a change is plain guidance"
+    switched = pipe.edit(images, prompts, **greedy, guidance_after_change=0.5).codes.flatten(1)     # (B, N)
+    cond = pipe.edit_condition(images, prompts)
+    n = pipe.model.num_image_tokens
+    assert torch.equal(switched, _switching_reference(pipe.model, cond, n, 3.0, 0.5))
+    assert not torch.equal(switched, plain)
+    solo = pipe.edit(images[1], prompts[1], **greedy, guidance_after_change=0.5).codes.flatten(1)
+    assert torch.equal(solo[0], switched[1]), "each row switches on its own"
+
+    # the model's edit default applies when the caller gives none; text-to-image has no source and ignores it
+    monkeypatch.setattr(pipe.model.config, "edit_sampling", SamplingConfig(**greedy, guidance_after_change=0.5))
+    assert torch.equal(pipe.edit(images, prompts).codes.flatten(1), switched)
+    monkeypatch.setattr(pipe.model.config, "sampling", SamplingConfig(**greedy, guidance_after_change=0.5))
+    assert torch.equal(pipe.text_to_image(PROMPTS).codes, pipe.text_to_image(PROMPTS, **greedy).codes)
+    t2i = pipe.t2i_condition(PROMPTS)[0]
+    with pytest.raises(ValueError, match="guidance_after_change needs a source image"):
+        generate_codes(pipe.model, t2i, n, guidance_scale=3.0, guidance_after_change=0.5)
+    with pytest.raises(ValueError, match="guidance_after_change must be >= 0"):
+        SamplingConfig(guidance_after_change=-1.0)
+
+
 def _reference_generate(base_dir, image, question, max_new_tokens):
     """The base model's own generate, on inputs built as HF's Qwen2.5-VL processor builds them."""
     from transformers import AutoImageProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
