@@ -1,7 +1,8 @@
 """Package a finished `shapes` recipe run as the shipped default model (star/assets/star-shapes).
 
     python scripts/ship_model.py --run runs/shapes [--out star/assets/star-shapes] [--top-k K --temperature T
-                                 --guidance-scale S] [--edit-top-k K --edit-temperature T --edit-guidance-scale S]
+                                 --guidance-scale S] [--edit-top-k K --edit-temperature T --edit-guidance-scale S
+                                 --edit-guidance-after-change S]
     python scripts/ship_model.py --continued RUN --name NAME --from star/assets/star-shapes --out DIR
 
 --continued: RUN is a stage run that continued the shipped folder --from (`star train editing ... --set
@@ -19,7 +20,8 @@ Writes, atomically (temp folder + rename):
                                config.json, DONE, loss.png, log.jsonl.gz
 
 The sampling options replace the recipe's default sampling in the shipped config (recorded in shipped.json); the
---edit-* options set the model's `edit_sampling` (the defaults of `star edit`), starting from that sampling.
+--edit-* options override the model's `edit_sampling` (the defaults of `star edit`; a model without one starts from
+that sampling).
 
 The model carries its own tokenizer, so shipping a newer default tokenizer (star/assets/vq-shapes) never changes
 what an older shipped model draws. Every figure reported for the shipped model must be measured on OUT itself (fp16
@@ -50,7 +52,8 @@ def half(src: Path, dst: Path) -> None:
 def resampled(config: dict, sampling: dict, edit_sampling: dict) -> tuple[dict, dict | None]:
     """(sampling, edit_sampling) of a model config with the command line's overrides applied."""
     new = {**config["sampling"], **sampling}
-    return new, ({**new, **edit_sampling} if edit_sampling else config.get("edit_sampling"))
+    return new, ({**(config.get("edit_sampling") or new), **edit_sampling} if edit_sampling
+                 else config.get("edit_sampling"))
 
 
 def gzip_log(run: Path, dst: Path) -> None:
@@ -134,10 +137,11 @@ def main() -> int:
     p.add_argument("--edit-top-k", type=int, default=None)
     p.add_argument("--edit-temperature", type=float, default=None)
     p.add_argument("--edit-guidance-scale", type=float, default=None)
+    p.add_argument("--edit-guidance-after-change", type=float, default=None)
     args = p.parse_args()
     sampling, edit_sampling = (
-        {k: getattr(args, prefix + k) for k in ("top_k", "temperature", "guidance_scale")
-         if getattr(args, prefix + k) is not None} for prefix in ("", "edit_"))
+        {k: getattr(args, prefix + k, None) for k in ("top_k", "temperature", "guidance_scale", "guidance_after_change")
+         if getattr(args, prefix + k, None) is not None} for prefix in ("", "edit_"))
     run, out = Path(args.run or args.continued), Path(args.out)
     needs = ("export/config.json", "export/model.safetensors", "config.json", "log.jsonl") if args.continued else (
         "model/config.json", "base/config.json", "vq/model.safetensors", "editing/DONE")

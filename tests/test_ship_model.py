@@ -75,7 +75,11 @@ def test_a_continued_stage_run_replaces_the_weights_and_keeps_base_vq_and_proven
 
     # a second continuation from the first one's export chains; one from elsewhere is refused, nothing written
     second = continued_run(tmp_path, "w2", first / "export", a, torch.full((4, 2), 0.5))
-    ship("--continued", str(second), "--name", "editing-varied", "--from", str(a), "--out", str(tmp_path / "b"))
+    ship("--continued", str(second), "--name", "editing-varied", "--from", str(a), "--out", str(tmp_path / "b"),
+         "--edit-guidance-after-change", "1.25")
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert config["edit_sampling"] == {**EDIT_SAMPLING, "guidance_after_change": 1.25}, "one edit setting overridden"
+    assert config["sampling"] == SAMPLING
     record = json.loads((tmp_path / "b" / "training" / "shipped.json").read_text())
     assert [c["name"] for c in record["continued"]] == ["editing-more", "editing-varied"]
     stray = continued_run(tmp_path, "w3", tmp_path / "elsewhere", a, torch.ones(4, 2))

@@ -235,7 +235,8 @@ def shapes(out: str = "runs/shapes") -> Recipe:
     (extract 2.19 -> 3.28; `runs/w19a`), 600 more with this mix 2.93 (`runs/w19c`, the shipped model; nineteenth
     session). Sampling defaults: EMA
     weights; T2I temperature 0.7, no top-k, CFG 1.5 (a sweep of the second full run); edits greedy at CFG 2, which
-    helps once the editor copies objects (thirteenth session; docs/training.md). The vq stage runs only when the
+    helps once the editor copies objects (thirteenth session; docs/training.md), and CFG 1.25 once an edit has
+    departed from the source (`guidance_after_change`, twentieth session). The vq stage runs only when the
     shipped tokenizer is missing (then add ~20 min: 2,500 steps with every cell's code fixed by the
     exact-tile dictionary, as the shipped tokenizer was trained).
     """
@@ -243,7 +244,7 @@ def shapes(out: str = "runs/shapes") -> Recipe:
 
     o = Path(out)
     sampling = {"guidance_scale": 1.5, "top_k": 0, "top_p": 1.0, "temperature": 0.7}
-    edit_sampling = {"guidance_scale": 2.0, "top_k": 0, "top_p": 1.0, "temperature": 0.0}
+    edit_sampling = {"guidance_scale": 2.0, "top_k": 0, "top_p": 1.0, "temperature": 0.0, "guidance_after_change": 1.25}
     stack_precision = "bf16" if cpu_has_bf16() else "auto"      # the stack stages; understanding stays fp32
     return Recipe(
         name="shapes", out=out,
