@@ -275,17 +275,23 @@ class STAR(nn.Module):
         return h
 
     # --- training -----------------------------------------------------------------
-    def forward(self, cond: Condition, codes: Tensor, drop_prompt: Tensor | None = None) -> STAROutput:
+    def forward(self, cond: Condition, codes: Tensor, drop_prompt: Tensor | None = None,
+                inputs: Tensor | None = None) -> STAROutput:
         """Teacher-forced next-code prediction on target codes (B, N); loss on the N code positions only.
 
         drop_prompt (B,) bool picks the rows trained on their CFG null row; None draws it with probability
-        config.cfg_dropout in training mode (no dropping in eval mode).
+        config.cfg_dropout in training mode (no dropping in eval mode). inputs (B, N - 1): the codes fed in place of
+        codes[:, :-1] (teacher forcing on a corrupted context; the loss stays on `codes`).
         """
         b, n = codes.shape
         if drop_prompt is None:
             p = self.config.cfg_dropout if self.training else 0.0
             drop_prompt = torch.rand(b, device=codes.device) < p
-        seq = self.embed(cond.drop_prompts(drop_prompt.to(cond.input_ids.device)), codes[:, :-1])
+        if inputs is None:
+            inputs = codes[:, :-1]
+        elif inputs.shape != (b, n - 1):
+            raise ValueError(f"inputs must be (B, N - 1) = {(b, n - 1)} codes, got {tuple(inputs.shape)}")
+        seq = self.embed(cond.drop_prompts(drop_prompt.to(cond.input_ids.device)), inputs)
         hidden = self.hidden_states(seq)[:, -n:]                 # (B, N, D): <|vision_start|> and codes[:, :-1]
         logits = self.head(hidden)                               # (B, N, K)
         loss = F.cross_entropy(logits.float().flatten(0, 1), codes.flatten())

@@ -326,7 +326,8 @@ def test_editing_batches_carry_both_image_views_and_mix_t2i(tmp_path, tiny_base_
     stream = stage.batches(config, 0, 1, 0)
     kinds = [stream.sample(i)[0] for i in range(20)]
     assert kinds.count("edit") == 10
-    kind, row, target, drop, source, vit = next(s for s in map(stream.sample, range(20)) if s[0] == "edit")
+    kind, row, target, drop, source, vit, feed = next(s for s in map(stream.sample, range(20)) if s[0] == "edit")
+    assert feed is None, "clean teacher forcing unless edit_code_noise is set"
     assert source.shape == target.shape == (3, 16, 16), "not tokenised: both images as VQ-resolution pixels"
     assert row.ids.count(stream.special.vision_pad) == 16 and row.ids.count(stream.special.image_pad) == vit[2]
     assert row.null_ids.count(stream.special.vision_pad) == 16, "the null row keeps the image blocks"
@@ -351,6 +352,51 @@ def test_editing_batches_carry_both_image_views_and_mix_t2i(tmp_path, tiny_base_
     with pytest.raises(ValueError, match="reasoning_suffix"):
         stage.batches(stage_config("editing", tmp_path, base=str(tiny_base_dir), vq=str(star_vq_dir),
                                    data=str(dataset), reasoning_suffix=1.5), 0, 1, 0)
+
+
+def test_edit_code_noise_feeds_other_cells_of_the_target_and_keeps_the_loss_on_clean_codes(tmp_path, tiny_base_dir,
+                                                                                            star_vq_dir, dataset):
+    from star.model import Condition
+    from star.training.stage_generation import GenerationStage, encode_images
+
+    stage = GenerationStage("editing")
+    config = stage_config("editing", tmp_path, base=str(tiny_base_dir), vq=str(star_vq_dir), data=str(dataset),
+                          kind_weights={"edit": 0.5, "t2i": 0.5}, edit_code_noise=0.5, stack_layers=2)
+    stream = stage.batches(config, 0, 1, 0)
+    samples = [stream.sample(i) for i in range(40)]
+    feeds = [s[6] for s in samples if s[0] == "edit"]
+    assert all(s[6] is None for s in samples if s[0] == "t2i"), "only edit samples are corrupted"
+    assert all(f.shape == (15,) and int(f.min()) >= 0 and int(f.max()) < 16 for f in feeds), "cells of a 4x4 target"
+    moved = torch.stack([f != torch.arange(15) for f in feeds]).float().mean()
+    assert 0.3 < float(moved) < 0.6, f"about edit_code_noise of the inputs point elsewhere, got {float(moved):.2f}"
+    again = stage.batches(config, 0, 1, 0)
+    assert all(torch.equal(a, again.sample(i)[6]) for i, a in enumerate(s[6] for s in samples) if a is not None), \
+        "the corruption is (seed, index), so a resumed run feeds the same codes"
+
+    model = stage.build(config, torch.device("cpu"), torch.float32).eval()
+    batch = next(s for s in (next(stream) for _ in range(10)) if any(f is not None for f in s.feeds))
+    batch.drop = torch.zeros(len(batch.rows), dtype=torch.bool)
+    with torch.no_grad():
+        loss, metrics = stage.loss(model, batch)
+    codes = encode_images(model.vq, batch.targets, torch.device("cpu"))                   # (b, 16)
+    sources = encode_images(model.vq, batch.sources, torch.device("cpu"))
+    cond = Condition.from_rows(batch.rows, model.special.end_of_text, source_codes=sources,
+                               pixel_values=batch.pixel_values, image_grid_thw=batch.image_grid_thw)
+    fed = torch.stack([codes[r, :-1] if f is None else codes[r, f] for r, f in enumerate(batch.feeds)])
+    with torch.no_grad():
+        logits = model.head(model.hidden_states(model.embed(cond, fed)))[:, -16:]
+        clean = model(cond, codes, drop_prompt=batch.drop).loss
+    torch.testing.assert_close(loss, F.cross_entropy(logits.flatten(0, 1), codes.flatten()), rtol=1e-5, atol=1e-6)
+    assert metrics["fed_corrupted"] == pytest.approx(float((fed != codes[:, :-1]).float().mean()))
+    assert metrics["fed_corrupted"] > 0 and not torch.equal(loss, clean), "some fed codes changed, so the loss did"
+    with torch.no_grad():
+        same = model(cond, codes, drop_prompt=batch.drop, inputs=codes[:, :-1]).loss
+    assert torch.equal(same, clean), "feeding the clean codes is plain teacher forcing"
+    with pytest.raises(ValueError, match="inputs must be"):
+        model(cond, codes, drop_prompt=batch.drop, inputs=codes)
+    with pytest.raises(ValueError, match="edit_code_noise"):
+        stage.options(stage_config("editing", tmp_path, base=str(tiny_base_dir), data=str(dataset),
+                                   edit_code_noise=1.0))
 
 
 # -----------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -100,6 +101,11 @@ class GenerationOptions:
     """Give the stack, at the position predicting each target code, the source's code in that cell through a new
     zero-initialised map (STARConfig.edit_source_hint; trains with the stack). An init model without one gets a new
     one (its absence is reported)."""
+    edit_code_noise: float = 0.0
+    """Share of an edit sample's fed target codes replaced by the code of another cell of the same target (drawn per
+    sample from the seed): teacher forcing on a context with the errors free-running makes, so that what a cell
+    holds must be read from the instruction and the source, not only continued from the cells before it. The loss
+    stays on the clean codes; nothing changes at inference."""
     edit_vit_min_tokens: int | None = None
     """Editing: fewest ViT tokens of the source image (STARConfig.edit_vit_min_tokens)."""
     edit_vit_max_tokens: int | None = None
@@ -112,6 +118,8 @@ class GenerationOptions:
     def __post_init__(self):
         if not 0.0 <= self.cfg_dropout < 1.0:
             raise ValueError(f"stage_options.cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
+        if not 0.0 <= self.edit_code_noise < 1.0:
+            raise ValueError(f"stage_options.edit_code_noise must be in [0, 1), got {self.edit_code_noise}")
         if not 0.0 <= self.reasoning_suffix <= 1.0:
             raise ValueError(f"stage_options.reasoning_suffix must be in [0, 1], got {self.reasoning_suffix}")
         for name in ("stack_layers", "adapter_depth", "max_prompt_tokens"):
@@ -170,6 +178,8 @@ class GenBatch:
     pixel_values: Tensor | None  # ViT patches of the edit sources, in row order
     image_grid_thw: Tensor | None
     kinds: list[str]
+    feeds: list[Tensor | None] = field(default_factory=list)   # per sample: (N - 1,) cells of the target to feed
+    noisy: bool = False          # edit_code_noise is on (the log then has fed_corrupted on every rank and step)
 
 
 @dataclass
@@ -254,7 +264,7 @@ class GenerationStream:
         return vq_pixels(load_rgb(path), self.side)                                  # (3, R, R)
 
     def sample(self, i: int) -> tuple | None:
-        """(kind, row, target, drop, source, vit) of global sample i, or None (skipped, counted)."""
+        """(kind, row, target, drop, source, vit, feed) of global sample i, or None (skipped, counted)."""
         from star.chat import edit_row, reasoning_row, t2i_row
         from star.data.records import ImageReadError
 
@@ -290,7 +300,17 @@ class GenerationStream:
         if text_tokens > self.opts.max_prompt_tokens:
             self.warn.add("prompt_too_long")
             return None
-        return src.kind, row, target, drop, source, vit
+        return src.kind, row, target, drop, source, vit, self._feed(i) if src.kind == "edit" else None
+
+    def _feed(self, i: int) -> Tensor | None:
+        """(N - 1,) the target cell whose code is fed at each input position (edit_code_noise), or None (clean)."""
+        if not self.opts.edit_code_noise:
+            return None
+        rng, n = sample_rng(self.seed, i, 4), self.grid * self.grid
+        feed = np.arange(n - 1)
+        noisy = rng.random(n - 1) < self.opts.edit_code_noise
+        feed[noisy] = rng.integers(0, n, int(noisy.sum()))
+        return torch.from_numpy(feed)
 
     def __next__(self) -> GenBatch:
         indices = next(self.ranges)
@@ -307,6 +327,8 @@ class GenerationStream:
             pixel_values=torch.cat([s[5][0] for s in edits]) if edits else None,
             image_grid_thw=torch.cat([s[5][1] for s in edits]) if edits else None,
             kinds=[s[0] for s in samples],
+            feeds=[s[6] for s in samples],
+            noisy=self.opts.edit_code_noise > 0,
         )
 
 
@@ -342,6 +364,16 @@ def encode_images(vq: nn.Module, items: list[Tensor], device: torch.device) -> T
         for r, i in enumerate(pixel_rows):
             out[i] = codes[r]
     return torch.stack(out)
+
+
+def fed_codes(targets: Tensor, feeds: list[Tensor | None]) -> Tensor | None:
+    """(b, N) target codes + per-sample feeds -> (b, N - 1) codes to feed (clean where a feed is None), or None when
+    every row is clean."""
+    if all(f is None for f in feeds):
+        return None
+    clean = torch.arange(targets.shape[1] - 1)
+    index = torch.stack([clean if f is None else f for f in feeds]).to(targets.device)   # (b, N - 1)
+    return targets.gather(1, index)
 
 
 class GenerationStage:
@@ -456,9 +488,11 @@ class GenerationStage:
         sources = encode_images(core.vq, batch.sources, device) if batch.sources else None   # (e, M)
         cond = Condition.from_rows(batch.rows, core.special.end_of_text, source_codes=sources,
                                    pixel_values=batch.pixel_values, image_grid_thw=batch.image_grid_thw, device=device)
-        out = model(cond, targets, drop_prompt=batch.drop.to(device))
+        inputs = fed_codes(targets, batch.feeds)                                     # (b, N - 1) or None
+        out = model(cond, targets, drop_prompt=batch.drop.to(device), inputs=inputs)
         with torch.no_grad():
             accuracy = (out.logits.argmax(-1) == targets).float().mean().item()
+            corrupted = 0.0 if inputs is None else (inputs != targets[:, :-1]).float().mean().item()
         prompt_tokens = int(cond.attention_mask.sum())
         return out.loss, {
             "tokens": float(prompt_tokens + targets.numel()),
@@ -466,6 +500,7 @@ class GenerationStage:
             "code_accuracy": accuracy,
             "dropped": float(batch.drop.float().mean()),
             "edit_share": sum(k == "edit" for k in batch.kinds) / len(batch.kinds),
+            **({"fed_corrupted": corrupted} if batch.noisy else {}),
         }
 
     def export(self, model: nn.Module, out_dir: Path) -> None:
