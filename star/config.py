@@ -79,17 +79,23 @@ class AdapterConfig:
 
 @dataclass(kw_only=True)
 class HeadConfig:
-    """Pixel head: Linear(hidden_size -> codebook_size) with bias, untied from the adapter."""
+    """Pixel head: Linear(hidden_size -> codebook_size) with bias, untied from the adapter (upstream), or, with
+    code_dim > 0, codes scored through their VQ code vectors (star.head)."""
 
     hidden_size: int = 2048
     """Input width: the base's hidden size."""
     codebook_size: int = 65536
     """Output width: number of VQ codes."""
+    code_dim: int = 0
+    """0: a free output row per code (upstream). > 0: the VQ's code-vector width; each code's logit is computed from
+    its code vector, so codes no training image produced are not simply pushed down."""
 
     def __post_init__(self):
         for name in ("hidden_size", "codebook_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"head.{name} must be > 0, got {getattr(self, name)}")
+        if self.code_dim < 0:
+            raise ValueError(f"head.code_dim must be >= 0 (0 = a free row per code), got {self.code_dim}")
 
 
 @dataclass(kw_only=True)

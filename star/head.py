@@ -1,7 +1,12 @@
 """Pixel head: stacked-AR hidden states -> logits over the VQ codebook.
 
-Data flow: stacked AR hidden (B, N, D) ─▶ PixelHead ─▶ logits (B, N, K). One Linear with bias, untied from the
-adapter (as upstream's `pixel_output_head`).
+Data flow: stacked AR hidden (B, N, D) ─▶ PixelHead ─▶ logits (B, N, K).
+
+Two forms (HeadConfig.code_dim):
+- 0 (upstream's `pixel_output_head`): one Linear with bias, a free row per code, untied from the adapter.
+- > 0 (not upstream): every code is scored through its VQ code vector, logit_k = <query(h), codes(e_k)>, with no
+  parameter of its own. A code no training image produced (a held-out colour-class pair's) gets a logit from what
+  its vector shares with the codes that were trained, where a free row would only ever be pushed down.
 """
 
 from __future__ import annotations
@@ -15,8 +20,21 @@ class PixelHead(nn.Module):
     def __init__(self, config: HeadConfig):
         super().__init__()
         self.config = config
-        self.proj = nn.Linear(config.hidden_size, config.codebook_size)
+        d = config.hidden_size
+        if config.code_dim:
+            self.query = nn.Linear(d, d)
+            self.codes = nn.Sequential(nn.Linear(config.code_dim, d), nn.GELU(), nn.Linear(d, d))
+        else:
+            self.proj = nn.Linear(d, config.codebook_size)
 
-    def forward(self, hidden: Tensor) -> Tensor:
-        """(..., D) -> (..., K) logits, in the head's dtype."""
-        return self.proj(hidden)
+    def forward(self, hidden: Tensor, code_vectors: Tensor | None = None) -> Tensor:
+        """(..., D) -> (..., K) logits, in the head's dtype. `code_vectors` (K, code_dim), the VQ codebook, is needed
+        exactly when config.code_dim > 0."""
+        if not self.config.code_dim:
+            return self.proj(hidden)
+        if code_vectors is None or code_vectors.shape != (self.config.codebook_size, self.config.code_dim):
+            got = None if code_vectors is None else tuple(code_vectors.shape)
+            raise ValueError(f"head.code_dim={self.config.code_dim}: pass the VQ codebook "
+                             f"({self.config.codebook_size}, {self.config.code_dim}), got {got}")
+        keys = self.codes(code_vectors.to(self.query.weight.dtype))          # (K, D)
+        return self.query(hidden) @ keys.T                                   # (..., K)

@@ -135,6 +135,9 @@ class STAR(nn.Module):
             raise ValueError(f"the VQ's code vectors have {vq.config.code_dim} dims but the pixel adapter takes "
                              f"{config.adapter.code_dim}; load the VQ this model was trained with "
                              f"(or set adapter.code_dim = {vq.config.code_dim} for a new model)")
+        if config.head.code_dim not in (0, vq.config.code_dim):
+            raise ValueError(f"head.code_dim={config.head.code_dim} but the VQ's code vectors have "
+                             f"{vq.config.code_dim} dims; set it to {vq.config.code_dim} (or 0 for a free row per code)")
         if config.base_layer is not None and config.base_layer >= base.num_layers:
             raise ValueError(f"config.base_layer={config.base_layer} but the base has {base.num_layers} layers; the "
                              f"stack reads a layer below the top (1..{base.num_layers - 1}) or None (the top)")
@@ -293,9 +296,13 @@ class STAR(nn.Module):
             raise ValueError(f"inputs must be (B, N - 1) = {(b, n - 1)} codes, got {tuple(inputs.shape)}")
         seq = self.embed(cond.drop_prompts(drop_prompt.to(cond.input_ids.device)), inputs)
         hidden = self.hidden_states(seq)[:, -n:]                 # (B, N, D): <|vision_start|> and codes[:, :-1]
-        logits = self.head(hidden)                               # (B, N, K)
+        logits = self.logits(hidden)                             # (B, N, K)
         loss = F.cross_entropy(logits.float().flatten(0, 1), codes.flatten())
         return STAROutput(loss=loss, logits=logits, dropped=drop_prompt)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """(..., D) stacked-AR hidden states -> (..., K) code logits (a code-vector head reads the VQ codebook)."""
+        return self.head(hidden, self.vq.quantize.codebook() if self.config.head.code_dim else None)
 
     # --- inference ---------------------------------------------------------------
     def prefill(self, cond: Condition) -> tuple[Tensor, DecodeState]:
@@ -305,7 +312,7 @@ class STAR(nn.Module):
         seq = self.embed(cond)
         caches = [DynamicCache(config=self.base.text_config)] + [s.new_cache() for s in self.stacks]
         state = DecodeState(caches, seq.attention_mask, seq.next_position, 0, seq.source_hints)
-        return self.head(self.hidden_states(seq, state)[:, -1]), state
+        return self.logits(self.hidden_states(seq, state)[:, -1]), state
 
     def step(self, codes: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
         """Feed one code per row (R,) through base and stacks with their caches; return next logits (R, K)."""
@@ -317,7 +324,7 @@ class STAR(nn.Module):
         seq = Sequence(self.embed_codes(codes[:, None], state.codes_fed), mask, positions, state.next_position + 1,
                        stack_hints)
         state = DecodeState(state.caches, mask, seq.next_position, state.codes_fed + 1, hints)
-        return self.head(self.hidden_states(seq, state)[:, -1]), state
+        return self.logits(self.hidden_states(seq, state)[:, -1]), state
 
     # --- persistence (star.checkpoint) ------------------------------------------
     def save_pretrained(self, directory) -> None:

@@ -39,7 +39,7 @@ def step_logits(model, cond: Condition, codes: torch.Tensor) -> torch.Tensor:
 def full_logits(model, cond: Condition, codes: torch.Tensor) -> torch.Tensor:
     """Logits for every code position by one pass over prompt + codes[:, :-1] (no cache): (R, N, K)."""
     with torch.no_grad():
-        return model.head(model.hidden_states(model.embed(cond, codes[:, :-1])))[:, -codes.shape[1]:]
+        return model.logits(model.hidden_states(model.embed(cond, codes[:, :-1])))[:, -codes.shape[1]:]
 
 
 # -----------------------------------------------------------------------------
@@ -269,6 +269,48 @@ def test_cell_embedding_gives_every_code_its_grid_cell_in_training_and_decoding(
 
     with pytest.raises(ValueError, match="grid_cells=9.*16"):
         make_star(adapter={**grid, "grid_cells": 9})
+
+
+def test_code_vector_head_scores_each_code_through_its_vq_vector(make_star):
+    model = make_star(head=dict(hidden_size=64, codebook_size=64, code_dim=8))
+    k = model.config.head.codebook_size
+    assert sorted(n for n, _ in model.head.named_parameters()) == [
+        "codes.0.bias", "codes.0.weight", "codes.2.bias", "codes.2.weight", "query.bias", "query.weight"], \
+        "no output row or bias of its own per code"
+    cond = Condition.from_rows([t2i_row(model.base.tokenizer, model.special, "a red cube")],
+                               model.special.end_of_text).with_null()
+    codes = torch.randint(6, k, (2, 16), generator=torch.Generator().manual_seed(8))   # fed codes avoid 3 and 5
+    cached, _ = step_logits(model, cond, codes)
+    torch.testing.assert_close(cached, full_logits(model, cond, codes), atol=ATOL, rtol=0)
+
+    # a code's logit follows its vector: give code 5 the vector of code 3 and their logits agree, the rest unchanged
+    with torch.no_grad():
+        model.vq.quantize.embedding.weight[5] = model.vq.quantize.embedding.weight[3]
+    moved = full_logits(model, cond, codes)
+    torch.testing.assert_close(moved[..., 5], moved[..., 3], atol=0, rtol=0)
+    assert not torch.allclose(moved[..., 5], cached[..., 5], atol=1e-3)
+    keep = [i for i in range(k) if i != 5]
+    torch.testing.assert_close(moved[..., keep], cached[..., keep], atol=ATOL, rtol=0)
+
+    # training on code 3 alone raises code 5 (same vector) with it; a free row per code leaves code 5 to fall
+    for head in (None, dict(hidden_size=64, codebook_size=64)):
+        m = model if head is None else make_star(head=head)
+        with torch.no_grad():
+            m.vq.quantize.embedding.weight[5] = m.vq.quantize.embedding.weight[3]
+        hidden = torch.randn(32, 64, generator=torch.Generator().manual_seed(9))
+        before = m.logits(hidden).log_softmax(-1)[:, 5].mean().item()
+        opt = torch.optim.Adam(m.head.parameters(), lr=1e-2)
+        for _ in range(30):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m.logits(hidden), torch.full((32,), 3)).backward()
+            opt.step()
+        after = m.logits(hidden).log_softmax(-1)[:, 5].mean().item()
+        assert (after > before + 1.0) if head is None else (after < before), (head, before, after)
+
+    with pytest.raises(ValueError, match="head.code_dim=4 but the VQ's code vectors have 8"):
+        make_star(head=dict(hidden_size=64, codebook_size=64, code_dim=4))
+    with pytest.raises(ValueError, match="pass the VQ codebook"):
+        model.head(torch.zeros(1, 64))
 
 
 def test_edit_source_hint_gives_the_input_predicting_code_i_source_code_i(make_star):

@@ -91,6 +91,8 @@ def stage_cases(tiny_base_dir, star_vq_dir, dataset, gen_export):
         "generation": (gen, ("stacks.0", "adapter", "head"), ("base", "vq")),
         "generation-frozen-adapter": ({**gen, "train_adapter": False}, ("stacks.0", "head"),
                                       ("base", "vq", "adapter")),
+        "generation-code-vector-head": ({**gen, "head_code_vectors": True}, ("stacks.0", "adapter", "head"),
+                                        ("base", "vq")),
         "editing": ({**gen, "init": str(gen_export)}, ("stacks.0", "adapter", "head"), ("base", "vq")),
         "editing-new-stack": ({**gen, "init": str(gen_export), "new_stack": True, "stack_layers": 1,
                                "train_adapter": False},
@@ -102,7 +104,7 @@ def stage_cases(tiny_base_dir, star_vq_dir, dataset, gen_export):
 
 @pytest.mark.parametrize("case", ["understanding", "understanding-freeze-layers", "vq", "vq-dictionary-warmup",
                                   "generation",
-                                  "generation-frozen-adapter", "editing",
+                                  "generation-frozen-adapter", "generation-code-vector-head", "editing",
                                   "editing-new-stack", "editing-source-hint"])
 def test_stage_declares_what_trains_and_a_step_moves_exactly_that(case, tmp_path, tiny_base_dir, star_vq_dir,
                                                                    dataset, gen_export):
@@ -260,7 +262,7 @@ def test_generation_loss_is_on_code_positions_with_seeded_prompt_dropout(tmp_pat
     assert torch.equal(used.input_ids[0], cond.null_ids[0]) and torch.equal(used.input_ids[1], cond.input_ids[1])
     with torch.no_grad():
         hidden = model.hidden_states(model.embed(used, codes[:, :-1]))
-        logits = model.head(hidden)[:, -codes.shape[1]:]                                  # <|vision_start|> + codes
+        logits = model.logits(hidden)[:, -codes.shape[1]:]                                  # <|vision_start|> + codes
     torch.testing.assert_close(loss, F.cross_entropy(logits.flatten(0, 1), codes.flatten()), rtol=1e-5, atol=1e-6)
     assert metrics["image_tokens"] == codes.numel() and metrics["dropped"] == 0.5
 
@@ -384,7 +386,7 @@ def test_edit_code_noise_feeds_other_cells_of_the_target_and_keeps_the_loss_on_c
                                pixel_values=batch.pixel_values, image_grid_thw=batch.image_grid_thw)
     fed = torch.stack([codes[r, :-1] if f is None else codes[r, f] for r, f in enumerate(batch.feeds)])
     with torch.no_grad():
-        logits = model.head(model.hidden_states(model.embed(cond, fed)))[:, -16:]
+        logits = model.logits(model.hidden_states(model.embed(cond, fed)))[:, -16:]
         clean = model(cond, codes, drop_prompt=batch.drop).loss
     torch.testing.assert_close(loss, F.cross_entropy(logits.flatten(0, 1), codes.flatten()), rtol=1e-5, atol=1e-6)
     assert metrics["fed_corrupted"] == pytest.approx(float((fed != codes[:, :-1]).float().mean()))

@@ -79,6 +79,9 @@ class GenerationOptions:
     cell_embedding: bool = False
     """Give a new pixel adapter a learned embedding of each code's grid cell (AdapterConfig.grid_cells), so the stack
     knows a code's column, which 1-D positions hide from a small model (not upstream)."""
+    head_code_vectors: bool = False
+    """Give a new pixel head no free row per code: score each code through its VQ code vector (HeadConfig.code_dim),
+    so codes no training image produced (held-out colour-class pairs) are not only ever pushed down (not upstream)."""
     new_stack: bool = False
     """Progressive stacking: put a further stack (stack_layers, copied from the base's top) on the init model and
     freeze the earlier stacks."""
@@ -444,6 +447,9 @@ class GenerationStage:
             if opts.cell_embedding and not star_config.adapter.grid_cells:
                 raise ValueError(f"stage_options.cell_embedding=true, but the init model {init} has an adapter "
                                  f"without one; it applies to a new adapter (train the generation stage with it)")
+            if opts.head_code_vectors and not star_config.head.code_dim:
+                raise ValueError(f"stage_options.head_code_vectors=true, but the init model {init} has a head with a "
+                                 f"row per code; it applies to a new head (train the generation stage with it)")
         else:
             d = base.hidden_size
             star_config = STARConfig(
@@ -455,7 +461,8 @@ class GenerationStage:
                 adapter=AdapterConfig(code_dim=vq.config.code_dim, hidden_size=d, depth=opts.adapter_depth,
                                       grid_cells=(vq.config.resolution // vq.config.downsample) ** 2
                                       if opts.cell_embedding else 0),
-                head=HeadConfig(hidden_size=d, codebook_size=vq.config.codebook_size),
+                head=HeadConfig(hidden_size=d, codebook_size=vq.config.codebook_size,
+                                code_dim=vq.config.code_dim if opts.head_code_vectors else 0),
                 sampling=SamplingConfig(**opts.sampling) if opts.sampling else SamplingConfig(),
                 edit_sampling=SamplingConfig(**opts.edit_sampling) if opts.edit_sampling else None)
         model = STAR(star_config, base, vq)
@@ -483,7 +490,7 @@ class GenerationStage:
         from star.model import Condition
 
         core = _unwrap(model)
-        device = core.head.proj.weight.device
+        device = next(core.head.parameters()).device
         targets = encode_images(core.vq, batch.targets, device)                     # (b, N)
         sources = encode_images(core.vq, batch.sources, device) if batch.sources else None   # (e, M)
         cond = Condition.from_rows(batch.rows, core.special.end_of_text, source_codes=sources,

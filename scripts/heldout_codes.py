@@ -1,0 +1,137 @@
+"""Why held-out edits fail: which VQ codes a benchmark's targets need that no training image ever produced.
+
+The held-out colour-class pairs (star.shapes.sample.HELDOUT_COLOR_SHAPE) never appear in training data, but the
+tokenizer was trained on every pair, so a held-out object is drawn with codes of its own. This script counts, over
+the training datasets' pre-tokenised codes (`star tokenize`), how often each code occurs; encodes the ground-truth
+target of every item of a ShapeImgEdit run; and reports, split by held-out flag, the share of target codes never seen
+in training and the mean score of items whose targets need such codes against those whose targets do not. It then
+asks whether the code vectors are compositional: a linear probe trained on seen codes' vectors to tell the colour and
+the class of the object covering a cell, tested on the unseen codes.
+
+    python scripts/heldout_codes.py --eval runs/s23/ship-imgedit --data runs/d23/data/t2i runs/d23/data/edit
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from PIL import Image
+
+from star.image_data import pil_to_tensor
+from star.shapes import vocab
+from star.shapes.render import object_mask, render
+from star.shapes.sample import heldout_pair, random_scene
+from star.shapes.scene import Scene
+from star.vq import load_vq
+
+
+def training_code_counts(folders: list[str], k: int) -> torch.Tensor:
+    counts = torch.zeros(k, dtype=torch.long)
+    for folder in folders:
+        codes = load_file(str(Path(folder) / "codes.safetensors"))["codes"]             # (N, h, w)
+        counts += torch.bincount(codes.flatten().long(), minlength=k)
+    return counts
+
+
+def cell_labels(scene: Scene, res: int, grid: int) -> list[tuple[int, str, str]]:
+    """(cell index, colour, class) of every cell that one object covers by more than a quarter of its pixels."""
+    out = []
+    for obj in scene.objects:
+        mask = object_mask(obj, res)                                                      # (S, S), S >= res
+        cell = mask.shape[0] // grid
+        m = mask.reshape(grid, cell, grid, cell).mean(axis=(1, 3))                        # (grid, grid) coverage
+        for r, c in zip(*np.nonzero(m > 0.25)):
+            out.append((int(r * grid + c), obj.color, obj.shape))
+    return out
+
+
+def encode(vq, scenes: list[Scene], res: int) -> torch.Tensor:
+    x = torch.stack([pil_to_tensor(render(s, res)) for s in scenes])                     # (n, 3, res, res)
+    return vq.encode(x).flatten(1)                                                        # (n, cells)
+
+
+def linear_probe(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 500) -> torch.nn.Linear:
+    probe = torch.nn.Linear(x.shape[1], classes)
+    opt = torch.optim.Adam(probe.parameters(), lr=0.05)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(probe(x), y).backward()
+        opt.step()
+    return probe
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--eval", required=True, help="a `star eval shapes --suite imgedit` output folder")
+    p.add_argument("--data", nargs="+", required=True, help="tokenised training datasets (codes.safetensors)")
+    p.add_argument("--vq", default="star/assets/star-shapes/vq")
+    p.add_argument("--probe-scenes", type=int, default=3000, help="eval-split scenes that label codes for the probe")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    vq = load_vq(args.vq, device="cpu").eval()
+    k, res = vq.config.codebook_size, 128
+    counts = training_code_counts(args.data, k)
+    seen = counts > 0
+    print(f"training codes: {int(counts.sum()):,} cells, {int(seen.sum())} of {k} codes occur")
+
+    items = {j["key"]: j for j in map(json.loads, open(Path(args.eval) / "items.jsonl"))}
+    results = [json.loads(line) for line in open(Path(args.eval) / "scores" / "results.jsonl")]
+    targets = [Scene.from_dict(items[r["key"]]["target"]) for r in results]
+    codes = torch.cat([encode(vq, targets[i:i + 32], res) for i in range(0, len(targets), 32)])
+    unseen = ~seen[codes]                                                                 # (items, cells)
+    rows = defaultdict(list)
+    for r, u in zip(results, unseen):
+        rows[(items[r["key"]]["heldout"], bool(u.any()))].append((r["sample"], int(u.sum())))
+    print("\n| items | n | mean unseen codes per target | mean score |\n|---|---|---|---|")
+    for held in (False, True):
+        for any_unseen in (False, True):
+            v = rows[(held, any_unseen)]
+            if v:
+                print(f"| {'held-out' if held else 'in-distribution'}, target {'needs' if any_unseen else 'needs no'}"
+                      f" unseen code | {len(v)} | {np.mean([u for _, u in v]):.2f} | {np.mean([s for s, _ in v]):.2f} |")
+
+    outputs = [pil_to_tensor(Image.open(Path(args.eval) / "images" / f"{r['key']}.png"), res) for r in results]
+    out_codes = torch.cat([vq.encode(torch.stack(outputs[i:i + 32])).flatten(1) for i in range(0, len(outputs), 32)])
+    print(f"\nunseen codes in the targets: {int(unseen.sum())}; in the model's outputs (re-encoded): "
+          f"{int((~seen[out_codes]).sum())}, at the cells where the target needs one: "
+          f"{int((out_codes == codes)[unseen].sum())} equal to the target's code")
+
+    # Are code vectors compositional? Label codes by the object over their cell, in scenes with every pair.
+    rng = np.random.default_rng(7)
+    scenes = [random_scene(rng, split="eval", sizes=tuple(vocab.CELLS_PER_SIZE)) for _ in range(args.probe_scenes)]
+    grid = vocab.GRID
+    labels: dict[int, dict[tuple[str, str], int]] = defaultdict(lambda: defaultdict(int))
+    for i in range(0, len(scenes), 64):
+        batch = scenes[i:i + 64]
+        for scene, row in zip(batch, encode(vq, batch, res)):
+            for cell, colour, shape in cell_labels(scene, res, grid):
+                labels[int(row[cell])][(colour, shape)] += 1
+    code_ids = sorted(labels)
+    top = [max(labels[c].items(), key=lambda kv: kv[1])[0] for c in code_ids]
+    colours, shapes = sorted({c for c, _ in top}), sorted({s for _, s in top})
+    x = vq.embed(torch.tensor(code_ids)).detach().float()                                        # (codes, code_dim)
+    yc = torch.tensor([colours.index(c) for c, _ in top])
+    ys = torch.tensor([shapes.index(s) for _, s in top])
+    train = seen[torch.tensor(code_ids)]
+    held = torch.tensor([heldout_pair(c, s) for c, s in top])
+    print(f"\nobject codes labelled: {len(code_ids)}; unseen in training: {int((~train).sum())} "
+          f"(of which labelled with a held-out pair: {int((~train & held).sum())}); seen but labelled held-out: "
+          f"{int((train & held).sum())}")
+    for name, y, n in (("colour", yc, len(colours)), ("class", ys, len(shapes))):
+        probe = linear_probe(x[train], y[train], n)
+        with torch.no_grad():
+            acc_seen = (probe(x[train]).argmax(-1) == y[train]).float().mean().item()
+            acc_unseen = (probe(x[~train]).argmax(-1) == y[~train]).float().mean().item() if (~train).any() else float("nan")
+        print(f"linear probe of the code vector, {name}: seen codes {acc_seen:.3f}, unseen codes {acc_unseen:.3f} "
+              f"(chance {1 / n:.3f})")
+
+
+if __name__ == "__main__":
+    main()
