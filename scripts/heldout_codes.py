@@ -8,7 +8,8 @@ in training and the mean score of items whose targets need such codes against th
 asks whether the code vectors are compositional: a linear probe trained on seen codes' vectors to tell the colour and
 the class of the object covering a cell, tested on the unseen codes.
 
-    python scripts/heldout_codes.py --eval runs/s23/ship-imgedit --data runs/d23/data/t2i runs/d23/data/edit
+    python scripts/heldout_codes.py --data runs/d23/data/t2i runs/d23/data/edit runs/d23/data/t2i-edits \\
+        --eval runs/s23/ship-imgedit [--images GENERATED_DIR ...]
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
-
 from PIL import Image
+from safetensors.torch import load_file
 
 from star.image_data import pil_to_tensor
 from star.shapes import vocab
@@ -67,22 +67,11 @@ def linear_probe(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 50
     return probe
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--eval", required=True, help="a `star eval shapes --suite imgedit` output folder")
-    p.add_argument("--data", nargs="+", required=True, help="tokenised training datasets (codes.safetensors)")
-    p.add_argument("--vq", default="star/assets/star-shapes/vq")
-    p.add_argument("--probe-scenes", type=int, default=3000, help="eval-split scenes that label codes for the probe")
-    args = p.parse_args()
-    torch.manual_seed(0)
-    vq = load_vq(args.vq, device="cpu").eval()
-    k, res = vq.config.codebook_size, 128
-    counts = training_code_counts(args.data, k)
-    seen = counts > 0
-    print(f"training codes: {int(counts.sum()):,} cells, {int(seen.sum())} of {k} codes occur")
-
-    items = {j["key"]: j for j in map(json.loads, open(Path(args.eval) / "items.jsonl"))}
-    results = [json.loads(line) for line in open(Path(args.eval) / "scores" / "results.jsonl")]
+def imgedit_split(eval_dir: Path, vq, seen: torch.Tensor, res: int) -> None:
+    """Scores of a ShapeImgEdit run split by held-out flag and by whether the target needs an unseen code; how many
+    unseen codes the model's outputs hold (re-encoded), and how many sit where the target needs one."""
+    items = {j["key"]: j for j in map(json.loads, open(eval_dir / "items.jsonl"))}
+    results = [json.loads(line) for line in open(eval_dir / "scores" / "results.jsonl")]
     targets = [Scene.from_dict(items[r["key"]]["target"]) for r in results]
     codes = torch.cat([encode(vq, targets[i:i + 32], res) for i in range(0, len(targets), 32)])
     unseen = ~seen[codes]                                                                 # (items, cells)
@@ -94,18 +83,25 @@ def main() -> None:
         for any_unseen in (False, True):
             v = rows[(held, any_unseen)]
             if v:
-                print(f"| {'held-out' if held else 'in-distribution'}, target {'needs' if any_unseen else 'needs no'}"
-                      f" unseen code | {len(v)} | {np.mean([u for _, u in v]):.2f} | {np.mean([s for s, _ in v]):.2f} |")
-
-    outputs = [pil_to_tensor(Image.open(Path(args.eval) / "images" / f"{r['key']}.png"), res) for r in results]
-    out_codes = torch.cat([vq.encode(torch.stack(outputs[i:i + 32])).flatten(1) for i in range(0, len(outputs), 32)])
-    print(f"\nunseen codes in the targets: {int(unseen.sum())}; in the model's outputs (re-encoded): "
+                name = f"{'held-out' if held else 'in-distribution'}, target {'needs' if any_unseen else 'needs no'}"
+                print(f"| {name} unseen code | {len(v)} | {np.mean([u for _, u in v]):.2f} "
+                      f"| {np.mean([s for s, _ in v]):.2f} |")
+    out_codes = reencode(vq, [eval_dir / "images" / f"{r['key']}.png" for r in results], res)
+    print(f"unseen codes in the targets: {int(unseen.sum())}; in the model's outputs (re-encoded): "
           f"{int((~seen[out_codes]).sum())}, at the cells where the target needs one: "
           f"{int((out_codes == codes)[unseen].sum())} equal to the target's code")
 
-    # Are code vectors compositional? Label codes by the object over their cell, in scenes with every pair.
+
+def reencode(vq, paths: list[Path], res: int) -> torch.Tensor:
+    images = [pil_to_tensor(Image.open(p), res) for p in paths]
+    return torch.cat([vq.encode(torch.stack(images[i:i + 32])).flatten(1) for i in range(0, len(images), 32)])
+
+
+def code_probe(vq, seen: torch.Tensor, res: int, n_scenes: int) -> None:
+    """Are code vectors compositional? Label each code by the object over its cell, in scenes with every colour-class
+    pair, and probe colour and class linearly from the code vector: trained on seen codes, tested on unseen ones."""
     rng = np.random.default_rng(7)
-    scenes = [random_scene(rng, split="eval", sizes=tuple(vocab.CELLS_PER_SIZE)) for _ in range(args.probe_scenes)]
+    scenes = [random_scene(rng, split="eval", sizes=tuple(vocab.CELLS_PER_SIZE)) for _ in range(n_scenes)]
     grid = vocab.GRID
     labels: dict[int, dict[tuple[str, str], int]] = defaultdict(lambda: defaultdict(int))
     for i in range(0, len(scenes), 64):
@@ -116,10 +112,13 @@ def main() -> None:
     code_ids = sorted(labels)
     top = [max(labels[c].items(), key=lambda kv: kv[1])[0] for c in code_ids]
     colours, shapes = sorted({c for c, _ in top}), sorted({s for _, s in top})
-    x = vq.embed(torch.tensor(code_ids)).detach().float()                                        # (codes, code_dim)
+    x = vq.embed(torch.tensor(code_ids)).detach().float()                                # (codes, code_dim)
     yc = torch.tensor([colours.index(c) for c, _ in top])
     ys = torch.tensor([shapes.index(s) for _, s in top])
     train = seen[torch.tensor(code_ids)]
+    if train.all():
+        print("\nevery object code occurs in training: nothing to probe")
+        return
     held = torch.tensor([heldout_pair(c, s) for c, s in top])
     print(f"\nobject codes labelled: {len(code_ids)}; unseen in training: {int((~train).sum())} "
           f"(of which labelled with a held-out pair: {int((~train & held).sum())}); seen but labelled held-out: "
@@ -128,9 +127,36 @@ def main() -> None:
         probe = linear_probe(x[train], y[train], n)
         with torch.no_grad():
             acc_seen = (probe(x[train]).argmax(-1) == y[train]).float().mean().item()
-            acc_unseen = (probe(x[~train]).argmax(-1) == y[~train]).float().mean().item() if (~train).any() else float("nan")
+            acc_unseen = (probe(x[~train]).argmax(-1) == y[~train]).float().mean().item()
         print(f"linear probe of the code vector, {name}: seen codes {acc_seen:.3f}, unseen codes {acc_unseen:.3f} "
               f"(chance {1 / n:.3f})")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", nargs="+", required=True, help="tokenised training datasets (codes.safetensors)")
+    p.add_argument("--eval", help="a `star eval shapes --suite imgedit` output folder")
+    p.add_argument("--images", nargs="*", default=[], help="folders of generated images (searched recursively, "
+                   "grid.png left out): how many of their codes, re-encoded, never occur in training")
+    p.add_argument("--vq", default="star/assets/star-shapes/vq")
+    p.add_argument("--probe-scenes", type=int, default=3000, help="eval-split scenes that label codes for the probe "
+                   "(0: no probe)")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    vq = load_vq(args.vq, device="cpu").eval()
+    k, res = vq.config.codebook_size, 128
+    counts = training_code_counts(args.data, k)
+    seen = counts > 0
+    print(f"training codes: {int(counts.sum()):,} cells, {int(seen.sum())} of {k} codes occur")
+    if args.eval:
+        imgedit_split(Path(args.eval), vq, seen, res)
+    for folder in args.images:
+        paths = sorted(p for p in Path(folder).rglob("*.png") if p.name != "grid.png")
+        codes = reencode(vq, paths, res)
+        print(f"{folder}: {len(paths)} images, {int((~seen[codes]).sum())} unseen codes in "
+              f"{int((~seen[codes]).any(1).sum())} of them")
+    if args.probe_scenes:
+        code_probe(vq, seen, res, args.probe_scenes)
 
 
 if __name__ == "__main__":

@@ -136,8 +136,9 @@ class STAR(nn.Module):
                              f"{config.adapter.code_dim}; load the VQ this model was trained with "
                              f"(or set adapter.code_dim = {vq.config.code_dim} for a new model)")
         if config.head.code_dim not in (0, vq.config.code_dim):
-            raise ValueError(f"head.code_dim={config.head.code_dim} but the VQ's code vectors have "
-                             f"{vq.config.code_dim} dims; set it to {vq.config.code_dim} (or 0 for a free row per code)")
+            dim = vq.config.code_dim
+            raise ValueError(f"head.code_dim={config.head.code_dim} but the VQ's code vectors have {dim} dims; set "
+                             f"it to {dim} (or 0 for a free row per code)")
         if config.base_layer is not None and config.base_layer >= base.num_layers:
             raise ValueError(f"config.base_layer={config.base_layer} but the base has {base.num_layers} layers; the "
                              f"stack reads a layer below the top (1..{base.num_layers - 1}) or None (the top)")

@@ -307,7 +307,7 @@ def test_code_vector_head_scores_each_code_through_its_vq_vector(make_star):
         after = m.logits(hidden).log_softmax(-1)[:, 5].mean().item()
         assert (after > before + 1.0) if head is None else (after < before), (head, before, after)
 
-    with pytest.raises(ValueError, match="head.code_dim=4 but the VQ's code vectors have 8"):
+    with pytest.raises(ValueError, match="head.code_dim=4 but the VQ's code vectors have 8 dims"):
         make_star(head=dict(hidden_size=64, codebook_size=64, code_dim=4))
     with pytest.raises(ValueError, match="pass the VQ codebook"):
         model.head(torch.zeros(1, 64))
