@@ -27,14 +27,20 @@ class PixelHead(nn.Module):
         else:
             self.proj = nn.Linear(d, config.codebook_size)
 
-    def forward(self, hidden: Tensor, code_vectors: Tensor | None = None) -> Tensor:
-        """(..., D) -> (..., K) logits, in the head's dtype. `code_vectors` (K, code_dim), the VQ codebook, is needed
-        exactly when config.code_dim > 0."""
+    def keys(self, code_vectors: Tensor) -> Tensor:
+        """(K, code_dim) the VQ codebook -> (K, D) one key per code (a code-vector head only)."""
+        if not self.config.code_dim:
+            raise ValueError("head.code_dim=0: this head has a row per code, not code keys")
+        if code_vectors.shape != (self.config.codebook_size, self.config.code_dim):
+            raise ValueError(f"head.code_dim={self.config.code_dim}: pass the VQ codebook "
+                             f"({self.config.codebook_size}, {self.config.code_dim}), got {tuple(code_vectors.shape)}")
+        return self.codes(code_vectors.to(self.query.weight.dtype))
+
+    def forward(self, hidden: Tensor, keys: Tensor | None = None) -> Tensor:
+        """(..., D) -> (..., K) logits, in the head's dtype. `keys` (K, D), from `keys(codebook)`, is needed exactly
+        when config.code_dim > 0."""
         if not self.config.code_dim:
             return self.proj(hidden)
-        if code_vectors is None or code_vectors.shape != (self.config.codebook_size, self.config.code_dim):
-            got = None if code_vectors is None else tuple(code_vectors.shape)
-            raise ValueError(f"head.code_dim={self.config.code_dim}: pass the VQ codebook "
-                             f"({self.config.codebook_size}, {self.config.code_dim}), got {got}")
-        keys = self.codes(code_vectors.to(self.query.weight.dtype))          # (K, D)
+        if keys is None:
+            raise ValueError(f"head.code_dim={self.config.code_dim}: pass the code keys, head.keys(VQ codebook)")
         return self.query(hidden) @ keys.T                                   # (..., K)

@@ -108,6 +108,7 @@ class DecodeState:
     next_position: Tensor    # (R,)
     codes_fed: int = 0       # image codes appended so far (the next one's grid cell)
     source_hints: Tensor | None = None  # (R, N, D) edit_source_hint per row, else None
+    head_keys: Tensor | None = None     # (K, D) a code-vector head's code keys, computed once at prefill, else None
 
 
 @dataclass
@@ -301,9 +302,16 @@ class STAR(nn.Module):
         loss = F.cross_entropy(logits.float().flatten(0, 1), codes.flatten())
         return STAROutput(loss=loss, logits=logits, dropped=drop_prompt)
 
-    def logits(self, hidden: Tensor) -> Tensor:
-        """(..., D) stacked-AR hidden states -> (..., K) code logits (a code-vector head reads the VQ codebook)."""
-        return self.head(hidden, self.vq.quantize.codebook() if self.config.head.code_dim else None)
+    def logits(self, hidden: Tensor, head_keys: Tensor | None = None) -> Tensor:
+        """(..., D) stacked-AR hidden states -> (..., K) code logits. A code-vector head scores the VQ codebook's
+        vectors, through `head_keys` (K, D) when given (decoding computes them once, at prefill)."""
+        if not self.config.head.code_dim:
+            return self.head(hidden)
+        return self.head(hidden, keys=self.head_keys() if head_keys is None else head_keys)
+
+    def head_keys(self) -> Tensor | None:
+        """(K, D) a code-vector head's keys for every code (None for a head with a row per code)."""
+        return self.head.keys(self.vq.quantize.codebook()) if self.config.head.code_dim else None
 
     # --- inference ---------------------------------------------------------------
     def prefill(self, cond: Condition) -> tuple[Tensor, DecodeState]:
@@ -312,8 +320,8 @@ class STAR(nn.Module):
 
         seq = self.embed(cond)
         caches = [DynamicCache(config=self.base.text_config)] + [s.new_cache() for s in self.stacks]
-        state = DecodeState(caches, seq.attention_mask, seq.next_position, 0, seq.source_hints)
-        return self.logits(self.hidden_states(seq, state)[:, -1]), state
+        state = DecodeState(caches, seq.attention_mask, seq.next_position, 0, seq.source_hints, self.head_keys())
+        return self.logits(self.hidden_states(seq, state)[:, -1], state.head_keys), state
 
     def step(self, codes: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
         """Feed one code per row (R,) through base and stacks with their caches; return next logits (R, K)."""
@@ -324,8 +332,8 @@ class STAR(nn.Module):
         stack_hints = hints[:, i:i + 1] if hints is not None and i < hints.shape[1] else None   # (R, 1, D)
         seq = Sequence(self.embed_codes(codes[:, None], state.codes_fed), mask, positions, state.next_position + 1,
                        stack_hints)
-        state = DecodeState(state.caches, mask, seq.next_position, state.codes_fed + 1, hints)
-        return self.logits(self.hidden_states(seq, state)[:, -1]), state
+        state = DecodeState(state.caches, mask, seq.next_position, state.codes_fed + 1, hints, state.head_keys)
+        return self.logits(self.hidden_states(seq, state)[:, -1], state.head_keys), state
 
     # --- persistence (star.checkpoint) ------------------------------------------
     def save_pretrained(self, directory) -> None:

@@ -280,7 +280,11 @@ def test_code_vector_head_scores_each_code_through_its_vq_vector(make_star):
     cond = Condition.from_rows([t2i_row(model.base.tokenizer, model.special, "a red cube")],
                                model.special.end_of_text).with_null()
     codes = torch.randint(6, k, (2, 16), generator=torch.Generator().manual_seed(8))   # fed codes avoid 3 and 5
+    calls = []
+    hook = model.head.codes.register_forward_hook(lambda *_: calls.append(1))
     cached, _ = step_logits(model, cond, codes)
+    hook.remove()
+    assert len(calls) == 1, "decoding computes the code keys once, at prefill, not at every step"
     torch.testing.assert_close(cached, full_logits(model, cond, codes), atol=ATOL, rtol=0)
 
     # a code's logit follows its vector: give code 5 the vector of code 3 and their logits agree, the rest unchanged
@@ -309,8 +313,10 @@ def test_code_vector_head_scores_each_code_through_its_vq_vector(make_star):
 
     with pytest.raises(ValueError, match="head.code_dim=4 but the VQ's code vectors have 8 dims"):
         make_star(head=dict(hidden_size=64, codebook_size=64, code_dim=4))
-    with pytest.raises(ValueError, match="pass the VQ codebook"):
+    with pytest.raises(ValueError, match="pass the code keys"):
         model.head(torch.zeros(1, 64))
+    with pytest.raises(ValueError, match="pass the VQ codebook"):
+        model.head.keys(torch.zeros(64, 4))
 
 
 def test_edit_source_hint_gives_the_input_predicting_code_i_source_code_i(make_star):
