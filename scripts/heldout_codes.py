@@ -3,10 +3,10 @@
 The held-out colour-class pairs (star.shapes.sample.HELDOUT_COLOR_SHAPE) never appear in training data, but the
 tokenizer was trained on every pair, so a held-out object is drawn with codes of its own. This script counts, over
 the training datasets' pre-tokenised codes (`star tokenize`), how often each code occurs; encodes the ground-truth
-target of every item of a ShapeImgEdit run; and reports, split by held-out flag, the share of target codes never seen
-in training and the mean score of items whose targets need such codes against those whose targets do not. It then
-asks whether the code vectors are compositional: a linear probe trained on seen codes' vectors to tell the colour and
-the class of the object covering a cell, tested on the unseen codes.
+target of every item of a ShapeImgEdit run; reports the scores per type and held-out flag, and, split by held-out
+flag, the unseen codes per target and the mean score of items whose targets need such codes against those whose
+targets do not. It then asks whether the code vectors are compositional: a linear probe trained on seen codes'
+vectors to tell the colour and the class of the object covering a cell, tested on the unseen codes.
 
     python scripts/heldout_codes.py --data runs/d23/data/t2i runs/d23/data/edit runs/d23/data/t2i-edits \\
         --eval runs/s23/ship-imgedit [--images GENERATED_DIR ...]
@@ -52,9 +52,14 @@ def cell_labels(scene: Scene, res: int, grid: int) -> list[tuple[int, str, str]]
     return out
 
 
-def encode(vq, scenes: list[Scene], res: int) -> torch.Tensor:
-    x = torch.stack([pil_to_tensor(render(s, res)) for s in scenes])                     # (n, 3, res, res)
-    return vq.encode(x).flatten(1)                                                        # (n, cells)
+def encode(vq, images: list[Scene | Path], res: int, batch: int = 32) -> torch.Tensor:
+    """Scenes (rendered) or image files (read) -> their VQ codes (n, cells), encoded `batch` at a time."""
+    out = []
+    for i in range(0, len(images), batch):
+        x = torch.stack([pil_to_tensor(render(im, res) if isinstance(im, Scene) else Image.open(im), res)
+                         for im in images[i:i + batch]])                                 # (b, 3, res, res)
+        out.append(vq.encode(x).flatten(1))                                              # (b, cells)
+    return torch.cat(out)
 
 
 def linear_probe(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 500) -> torch.nn.Linear:
@@ -68,12 +73,19 @@ def linear_probe(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 50
 
 
 def imgedit_split(eval_dir: Path, vq, seen: torch.Tensor, res: int) -> None:
-    """Scores of a ShapeImgEdit run split by held-out flag and by whether the target needs an unseen code; how many
-    unseen codes the model's outputs hold (re-encoded), and how many sit where the target needs one."""
+    """Scores of a ShapeImgEdit run per type and split by held-out flag and by whether the target needs an unseen
+    code; how many unseen codes the model's outputs hold (re-encoded), and how many sit where the target needs one."""
     items = {j["key"]: j for j in map(json.loads, open(eval_dir / "items.jsonl"))}
     results = [json.loads(line) for line in open(eval_dir / "scores" / "results.jsonl")]
+    by_type = defaultdict(lambda: {False: [], True: []})
+    for r in results:
+        by_type[r["edit_type"]][items[r["key"]]["heldout"]].append(r["sample"])
+    print("| split (items) | " + " | ".join(by_type) + " |\n|---|" + "---|" * len(by_type))
+    for held in (False, True):
+        cells = [f"{np.mean(v[held]):.2f} ({len(v[held])})" if v[held] else "-" for v in by_type.values()]
+        print(f"| {'held-out' if held else 'in-distribution'} | " + " | ".join(cells) + " |")
     targets = [Scene.from_dict(items[r["key"]]["target"]) for r in results]
-    codes = torch.cat([encode(vq, targets[i:i + 32], res) for i in range(0, len(targets), 32)])
+    codes = encode(vq, targets, res)
     unseen = ~seen[codes]                                                                 # (items, cells)
     rows = defaultdict(list)
     for r, u in zip(results, unseen):
@@ -86,15 +98,10 @@ def imgedit_split(eval_dir: Path, vq, seen: torch.Tensor, res: int) -> None:
                 name = f"{'held-out' if held else 'in-distribution'}, target {'needs' if any_unseen else 'needs no'}"
                 print(f"| {name} unseen code | {len(v)} | {np.mean([u for _, u in v]):.2f} "
                       f"| {np.mean([s for s, _ in v]):.2f} |")
-    out_codes = reencode(vq, [eval_dir / "images" / f"{r['key']}.png" for r in results], res)
+    out_codes = encode(vq, [eval_dir / "images" / f"{r['key']}.png" for r in results], res)
     print(f"unseen codes in the targets: {int(unseen.sum())}; in the model's outputs (re-encoded): "
           f"{int((~seen[out_codes]).sum())}, at the cells where the target needs one: "
           f"{int((out_codes == codes)[unseen].sum())} equal to the target's code")
-
-
-def reencode(vq, paths: list[Path], res: int) -> torch.Tensor:
-    images = [pil_to_tensor(Image.open(p), res) for p in paths]
-    return torch.cat([vq.encode(torch.stack(images[i:i + 32])).flatten(1) for i in range(0, len(images), 32)])
 
 
 def code_probe(vq, seen: torch.Tensor, res: int, n_scenes: int) -> None:
@@ -104,11 +111,9 @@ def code_probe(vq, seen: torch.Tensor, res: int, n_scenes: int) -> None:
     scenes = [random_scene(rng, split="eval", sizes=tuple(vocab.CELLS_PER_SIZE)) for _ in range(n_scenes)]
     grid = vocab.GRID
     labels: dict[int, dict[tuple[str, str], int]] = defaultdict(lambda: defaultdict(int))
-    for i in range(0, len(scenes), 64):
-        batch = scenes[i:i + 64]
-        for scene, row in zip(batch, encode(vq, batch, res)):
-            for cell, colour, shape in cell_labels(scene, res, grid):
-                labels[int(row[cell])][(colour, shape)] += 1
+    for scene, row in zip(scenes, encode(vq, scenes, res, batch=64)):
+        for cell, colour, shape in cell_labels(scene, res, grid):
+            labels[int(row[cell])][(colour, shape)] += 1
     code_ids = sorted(labels)
     top = [max(labels[c].items(), key=lambda kv: kv[1])[0] for c in code_ids]
     colours, shapes = sorted({c for c, _ in top}), sorted({s for _, s in top})
@@ -152,7 +157,7 @@ def main() -> None:
         imgedit_split(Path(args.eval), vq, seen, res)
     for folder in args.images:
         paths = sorted(p for p in Path(folder).rglob("*.png") if p.name != "grid.png")
-        codes = reencode(vq, paths, res)
+        codes = encode(vq, paths, res)
         print(f"{folder}: {len(paths)} images, {int((~seen[codes]).sum())} unseen codes in "
               f"{int((~seen[codes]).any(1).sum())} of them")
     if args.probe_scenes:

@@ -305,9 +305,7 @@ class STAR(nn.Module):
     def logits(self, hidden: Tensor, head_keys: Tensor | None = None) -> Tensor:
         """(..., D) stacked-AR hidden states -> (..., K) code logits. A code-vector head scores the VQ codebook's
         vectors, through `head_keys` (K, D) when given (decoding computes them once, at prefill)."""
-        if not self.config.head.code_dim:
-            return self.head(hidden)
-        return self.head(hidden, keys=self.head_keys() if head_keys is None else head_keys)
+        return self.head(hidden, self.head_keys() if head_keys is None else head_keys)
 
     def head_keys(self) -> Tensor | None:
         """(K, D) a code-vector head's keys for every code (None for a head with a row per code)."""
