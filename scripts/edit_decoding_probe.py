@@ -2,6 +2,7 @@
 
     python scripts/edit_decoding_probe.py best-of --model M --n 100 --candidates 4 --temperature 1.0
     python scripts/edit_decoding_probe.py plausible --model M --alpha 0.1 --out DIR [--guidance-scale 2]
+    python scripts/edit_decoding_probe.py image-guidance --image-scale 1.5 --out DIR [--image-scale-after-change 2]
 
 best-of: per item, the greedy edit (CFG `--guidance-scale`) and K sampled ones; each is scored by the exact ShapeImgEdit
 scorer and picked by four rules: the greedy one, the first sample, the highest conditional log-likelihood, the
@@ -12,6 +13,12 @@ score per type and their mean (the benchmark's overall; the first n items only).
 plausible: `star eval shapes --suite imgedit` with guided decoding restricted to the codes the conditional model finds
 plausible (p_cond >= alpha * max p_cond; contrastive decoding's plausibility constraint), by wrapping
 `star.generate.apply_cfg` in this process. A diagnostic, not a sampling option of the package.
+
+image-guidance: `star eval shapes --suite imgedit` (greedy, `--guidance-scale`, `--guidance-after-change`) with
+InstructPix2Pix's two guidance scales: a third row per edit, the instruction's text-to-image null row (no source
+image, no instruction), and logits free + s_I (null - free) + s_T (cond - null). s_I = 1 is the package's decoding;
+s_I > 1 pulls every cell toward the source image. `--image-scale-after-change` switches s_I from the first code that
+departs from the source, like `guidance_after_change` does for s_T. A diagnostic too (twenty-fourth session).
 """
 
 from __future__ import annotations
@@ -84,6 +91,51 @@ def plausible(args: argparse.Namespace) -> int:
                  "--guidance-scale", str(args.guidance_scale), "--temperature", "0"])
 
 
+def image_guidance(args: argparse.Namespace) -> int:
+    import star.pipeline
+    from star.cli import main
+    from star.model import Condition
+    from star.sampling import sample
+
+    edit_condition = star.pipeline.STARPipeline.edit_condition
+
+    def edit_condition_with_free_rows(pipe, image, prompt, *, num_images=1):
+        cond = edit_condition(pipe, image, prompt, num_images=num_images)
+        t2i, _ = pipe.t2i_condition(prompt, num_images=num_images)
+        cond.free = Condition(t2i.null_ids, t2i.null_ids, t2i.attention_mask)         # (B, T') no image, no text
+        return cond
+
+    @torch.inference_mode()
+    def generate_codes(model, cond, num_tokens, *, guidance_scale, temperature, top_k, top_p, generator,
+                       guidance_after_change=None):
+        source = cond.source_codes.reshape(cond.batch_size, num_tokens)               # (B, N)
+        s_text = torch.full((cond.batch_size, 1), float(guidance_scale))
+        s_image = torch.full((cond.batch_size, 1), float(args.image_scale))
+        logits, state = model.prefill(cond.with_null())                                # (2B, K)
+        free_logits, free_state = model.prefill(cond.free)                             # (B, K)
+        codes = []
+        for i in range(num_tokens):
+            c, n = logits.float().chunk(2)
+            f = free_logits.float()
+            code = sample(f + s_image * (n - f) + s_text * (c - n), temperature=temperature, top_k=top_k,
+                          top_p=top_p, generator=generator)
+            changed = (code != source[:, i])[:, None]
+            if guidance_after_change is not None:
+                s_text = torch.where(changed, guidance_after_change, s_text)
+            s_image = torch.where(changed, args.image_scale_after_change, s_image)
+            codes.append(code)
+            if i + 1 < num_tokens:
+                logits, state = model.step(code.repeat(2), state)
+                free_logits, free_state = model.step(code, free_state)
+        return torch.stack(codes, dim=1)                                               # (B, N)
+
+    star.pipeline.STARPipeline.edit_condition = edit_condition_with_free_rows
+    star.pipeline.generate_codes = generate_codes
+    return main(["eval", "shapes", "--suite", "imgedit", "--model", args.model, "--out", args.out,
+                 "--guidance-scale", str(args.guidance_scale), "--temperature", "0",
+                 "--guidance-after-change", str(args.guidance_after_change)])
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="probe", required=True)
@@ -98,6 +150,14 @@ def main() -> int:
     q.add_argument("--alpha", type=float, required=True, help="keep codes with p_cond >= alpha * max p_cond")
     q.add_argument("--out", required=True)
     q.add_argument("--guidance-scale", type=float, default=2.0)
+    g = sub.add_parser("image-guidance")
+    g.add_argument("--model", default=None)
+    g.add_argument("--image-scale", type=float, required=True, help="s_I; 1 = the package's decoding")
+    g.add_argument("--image-scale-after-change", type=float, default=None, help="s_I once a code departs from "
+                   "the source (default: --image-scale throughout)")
+    g.add_argument("--out", required=True)
+    g.add_argument("--guidance-scale", type=float, default=2.0)
+    g.add_argument("--guidance-after-change", type=float, default=1.25)
     args = p.parse_args()
     torch.set_num_threads(1)
     from star.commands import DEFAULT_MODEL
@@ -108,6 +168,10 @@ def main() -> int:
             raise SystemExit("--n and --candidates must be >= 1")
         best_of(args)
         return 0
+    if args.probe == "image-guidance":
+        if args.image_scale_after_change is None:
+            args.image_scale_after_change = args.image_scale
+        return image_guidance(args)
     if not 0 < args.alpha < 1:
         raise SystemExit(f"--alpha must be in (0, 1), got {args.alpha}")
     return plausible(args)
