@@ -33,7 +33,7 @@ from torch import Tensor
 
 from star.config import STARConfig
 from star.io import atomic_save, atomic_write
-from star.vq import LoadReport
+from star.vq import LoadReport, load_upstream_pt
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -201,10 +201,10 @@ def convert_upstream(checkpoint: str | Path, base: str | Path, out_dir: str | Pa
     checkpoint, base, out_dir, vq = Path(checkpoint), Path(base).resolve(), Path(out_dir), Path(vq)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"upstream checkpoint {checkpoint} not found (expected STAR-3B.pt or STAR-7B.pt)")
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:                                  # legacy (non-zip) files cannot be memory-mapped
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if not (base / "config.json").is_file():
+        raise FileNotFoundError(f"base {base} is not a model folder (no config.json); pass the local "
+                                f"Qwen2.5-VL-{{3B,7B}}-Instruct folder")
+    state = load_upstream_pt(checkpoint, "STAR-3B.pt or STAR-7B.pt")
     if not isinstance(state, dict):
         raise ValueError(f"{checkpoint} holds a {type(state).__name__}, not a state dict")
     report = LoadReport(source=str(checkpoint))

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv[len(path.split()):])
     try:
         return int(module.run(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as exc:  # user errors: one clear line, no traceback
+    except (ValueError, OSError, KeyError) as exc:  # user errors (bad values, paths): one clear line, no traceback
         print(f"star {path}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -11,6 +11,7 @@ on (`BASE_ARCHITECTURES`), so a preset can be instantiated on the meta device wi
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -121,16 +122,16 @@ class SamplingConfig:
 
 def check_sampling(guidance_scale: float, top_k: int, top_p: float, temperature: float,
                    guidance_after_change: float | None = None) -> None:
-    if guidance_scale < 0:
-        raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
-    if guidance_after_change is not None and guidance_after_change < 0:
-        raise ValueError(f"guidance_after_change must be >= 0 or None, got {guidance_after_change}")
+    if not 0 <= guidance_scale < math.inf:                   # also refuses nan
+        raise ValueError(f"guidance_scale must be >= 0 and finite, got {guidance_scale}")
+    if guidance_after_change is not None and not 0 <= guidance_after_change < math.inf:
+        raise ValueError(f"guidance_after_change must be >= 0 and finite, or None, got {guidance_after_change}")
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature must be >= 0 and finite (0 = greedy), got {temperature}")
 
 
 @dataclass(kw_only=True)

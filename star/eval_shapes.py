@@ -36,6 +36,7 @@ from typing import Callable, Literal, Protocol
 
 from PIL import Image, ImageDraw, ImageFont
 
+from star.config import check_sampling
 from star.io import atomic_write
 from star.shapes import geneval, imgedit, vocab, vqa
 from star.shapes.cli_prompts import build as build_benchmark
@@ -116,6 +117,10 @@ class EvalConfig:
             raise ValueError(f"guidance_after_change applies to editing (imgedit), not {self.suite}")
         if self.reasoning and self.suite not in ("geneval", "wise"):
             raise ValueError(f"reasoning applies to the text-to-image suites (geneval, wise), not {self.suite}")
+        check_sampling(0.0 if self.guidance_scale is None else self.guidance_scale, self.top_k or 0,
+                       1.0 if self.top_p is None else self.top_p, self.temperature or 0.0, self.guidance_after_change)
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"out {self.out} is a file; pass an output folder (an existing one is resumed)")
 
 
 # -----------------------------------------------------------------------------
@@ -207,7 +212,11 @@ def _check_run(cfg: EvalConfig, pipe, resolution: int) -> dict:
               "vocab_version": vocab.VOCAB_VERSION}
     path = cfg.out / "run.json"
     if path.is_file():
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON ({exc}), so {cfg.out} cannot be resumed; use another --out, "
+                             f"or delete the folder to start over") from exc
         diff = {k: (old.get(k), v) for k, v in record.items() if old.get(k) != v}
         if diff:
             changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())

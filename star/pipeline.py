@@ -41,6 +41,8 @@ def load_image(image) -> Image.Image:
     """A PIL image or a path -> an RGB PIL image; anything else raises a ValueError that says what to do."""
     if isinstance(image, (str, Path)):
         path = Path(image)
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder, not an image file")
         if not path.is_file():
             raise FileNotFoundError(f"image file {path} not found")
         try:
@@ -62,6 +64,11 @@ def _as_list(value, name: str) -> list:
     if not items:
         raise ValueError(f"{name} is an empty list")
     return items
+
+
+def _check_num_images(num_images: int) -> None:
+    if num_images < 1:
+        raise ValueError(f"nothing to generate: num_images must be >= 1, got {num_images}")
 
 
 def check_length(rows: list, special, limit: int, max_positions: int, new_tokens: int) -> None:
@@ -199,6 +206,7 @@ class STARPipeline:
                       max_answer_tokens: int = 256) -> tuple[Condition, list[str] | None]:
         """Prompts -> Condition with num_images rows per prompt (prompt-major), and the reasoning answers."""
         prompts = [check_prompt(p) for p in _as_list(prompt, "prompt")]
+        _check_num_images(num_images)
         answers = None
         if reasoning:
             answers = self.understand(None, prompts, max_new_tokens=max_answer_tokens, temperature=0.0)
@@ -211,6 +219,7 @@ class STARPipeline:
     def edit_condition(self, image, prompt: str | list[str], *, num_images: int = 1) -> Condition:
         """Source image(s) + instructions -> Condition: VQ view and ViT view spliced after `<|im_start|>user\\n`."""
         prompts = [check_prompt(p, "edit instruction") for p in _as_list(prompt, "prompt")]
+        _check_num_images(num_images)
         images = [load_image(im) for im in _as_list(image, "image")]
         if len(images) == 1:
             images = images * len(prompts)

@@ -821,6 +821,21 @@ def convert_upstream_state_dict(state: dict[str, Any], report: LoadReport) -> di
     return out
 
 
+def load_upstream_pt(path: Path, expected: str) -> Any:
+    """torch.load of an upstream .pt file (weights only, memory-mapped unless it is a legacy non-zip file); a file
+    torch cannot read is a ValueError that names it."""
+    import pickle
+
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:                              # legacy (non-zip) files cannot be memory-mapped
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError) as exc:
+        raise ValueError(f"cannot load {path}: not a readable PyTorch weights file ({type(exc).__name__}); "
+                         f"expected {expected}") from exc
+
+
 def load_upstream_vq(path: str | os.PathLike, config: VQConfig | None = None, strict: bool = True,
                      device: str | torch.device | None = None) -> tuple[VQModel, LoadReport]:
     """Load upstream STAR's `VQ-Model.pt` into the `star-vq` preset (or `config`) with a strict key/shape/NaN check.
@@ -832,7 +847,7 @@ def load_upstream_vq(path: str | os.PathLike, config: VQConfig | None = None, st
     if not path.is_file():
         raise FileNotFoundError(f"upstream VQ checkpoint {path} not found (expected STAR's VQ-Model.pt)")
     config = config or preset("star-vq")
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    state = load_upstream_pt(path, "STAR's VQ-Model.pt")
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
     report = LoadReport(source=str(path))

@@ -310,7 +310,9 @@ def setup_distributed(device: str) -> Dist:
     if device == "auto":
         dev = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
     else:
-        dev = torch.device(device)
+        from star.commands import parse_device
+
+        dev = parse_device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from star.cli import main as cli_main
-from star.eval_shapes import EvalConfig, evaluate, take_per_group, wise_overall
+from star.eval_shapes import EvalConfig, _check_run, evaluate, take_per_group, wise_overall
 from star.pipeline import STARPipeline
 from star.shapes.cli_prompts import build
 from star.shapes.edits import EditItem, render_target
@@ -193,5 +193,17 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys, monkeypatch):
         EvalConfig(suite="vqa", out=tmp_path, reasoning=True)
     with pytest.raises(ValueError, match="guidance_after_change applies to editing"):
         EvalConfig(suite="geneval", out=tmp_path, guidance_after_change=1.5)
+    # bad sampling values are refused before anything is written (a run.json would block the corrected rerun)
+    with pytest.raises(ValueError, match="guidance_scale must be >= 0"):
+        EvalConfig(suite="geneval", out=tmp_path / "neg", guidance_scale=-1.0)
+    with pytest.raises(ValueError, match="temperature must be >= 0 and finite"):
+        EvalConfig(suite="vqa", out=tmp_path / "nan", temperature=float("nan"))
+    (tmp_path / "file").write_text("")
+    assert cli_main(["eval", "shapes", "--suite", "geneval", "--out", str(tmp_path / "file")]) == 2
+    assert "is a file; pass an output folder" in capsys.readouterr().err
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "run.json").write_text('{"suite": "geneval"')
+    with pytest.raises(ValueError, match="run.json is not valid JSON.*cannot be resumed"):
+        _check_run(EvalConfig(suite="geneval", out=tmp_path / "cut"), SimpleNamespace(), 16)
     assert wise_overall({"Cultural": 1.0, "Time": 0.0, "Space": 0.0, "Biology": 0.0, "Physics": 0.0,
                          "Chemistry": 0.0}) == pytest.approx(0.4)

@@ -108,6 +108,20 @@ def test_convert_upstream_reproduces_the_forward(make_star, tiny_base_dir, tmp_p
     assert torch.equal(logits_of(STAR.from_pretrained(tmp_path / "cli")), logits_of(model))
 
 
+def test_convert_upstream_cli_refuses_unreadable_checkpoints_and_a_missing_base(tiny_base_dir, tmp_path, capsys):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    common = ["--vq", str(tmp_path / "VQ-Model.pt"), "--out", str(tmp_path / "out")]
+    for name in ("empty.pt", "text.pt"):
+        assert cli_main(["convert-upstream", "--checkpoint", str(tmp_path / name), "--base", str(tiny_base_dir),
+                         *common]) == 2
+        assert f"cannot load {tmp_path / name}: not a readable PyTorch weights file" in capsys.readouterr().err
+    assert cli_main(["convert-upstream", "--checkpoint", str(tmp_path / "empty.pt"), "--base",
+                     str(tmp_path / "no-base"), *common]) == 2
+    assert "no-base is not a model folder (no config.json)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

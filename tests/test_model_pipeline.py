@@ -198,6 +198,14 @@ def test_bad_inputs_raise_clear_errors(pipe, make_star, tmp_path, tiny_base_dir)
         pipe.edit(broken, "make the cube blue")
     with pytest.raises(ValueError, match="temperature"):
         pipe.text_to_image("a red cube", temperature=-1.0)
+    with pytest.raises(ValueError, match="temperature must be >= 0 and finite"):
+        pipe.understand(rgb(0), "what colour is the cube?", temperature=float("nan"))
+    with pytest.raises(ValueError, match="guidance_scale must be >= 0 and finite"):
+        pipe.text_to_image("a red cube", guidance_scale=float("inf"))
+    with pytest.raises(ValueError, match="num_images must be >= 1, got 0"):
+        pipe.edit(rgb(0), "make the cube blue", num_images=0)
+    with pytest.raises(ValueError, match="is a folder, not an image file"):
+        pipe.edit(tmp_path, "make the cube blue")
 
     other = tmp_path / "llava"
     other.mkdir()
@@ -232,6 +240,23 @@ def test_cli_generate_edit_understand(make_star, tmp_path, capsys, monkeypatch):
                      *common]) == 0
     assert capsys.readouterr().out.strip() == STARPipeline.from_pretrained(folder).understand(
         rgb(0), "what colour is the cube?", max_new_tokens=4)[0].strip()
+
+
+def test_cli_refuses_bad_outputs_devices_and_configs_before_loading_a_model(tmp_path, capsys):
+    (tmp_path / "file.png").write_bytes(b"")
+    for output, message in [(tmp_path, "is a folder; pass an image file"),
+                            (tmp_path / "image", "does not end in an image suffix"),
+                            (tmp_path / "file.png" / "x.png", "is a file, not a folder")]:
+        assert cli_main(["generate", "a red cube", "-o", str(output), "--model", str(tmp_path / "nowhere")]) == 2
+        assert message in capsys.readouterr().err, output
+    assert cli_main(["generate", "a red cube", "-o", str(tmp_path / "g.png"), "--model", str(tmp_path),
+                    "--device", "nodev"]) == 2
+    assert "device 'nodev' is not a torch device" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    assert cli_main(["understand", str(tmp_path / "file.png"), "what?", "--model", str(bad), "--device", "cpu"]) == 2
+    assert "config.json is not valid JSON" in capsys.readouterr().err
 
 
 def test_a_bare_base_folder_understands_like_the_star_model_built_on_it(pipe, tiny_base_dir, tmp_path, capsys):

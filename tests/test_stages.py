@@ -462,6 +462,16 @@ def test_tokenize_writes_codes_equal_to_encode_and_refuses_another_vq(tmp_path, 
     assert load_codes(data, vq_fingerprint(other)) is not None
 
 
+def test_tokenize_cli_refuses_no_kinds_and_an_unknown_device(tmp_path, dataset, star_vq_dir, capsys):
+    from star.cli import main
+
+    assert main(["tokenize", "--data", str(dataset), "--kinds", " , ", "--no-progress"]) == 2
+    assert "--kinds names no record kind" in capsys.readouterr().err
+    assert main(["tokenize", "--data", str(dataset), "--vq", str(star_vq_dir), "--device", "nodev",
+                 "--no-progress"]) == 2
+    assert "device 'nodev' is not a torch device" in capsys.readouterr().err
+
+
 # -----------------------------------------------------------------------------
 # Bad data
 

@@ -413,6 +413,19 @@ def test_run_leaves_config_log_plot_and_export(tmp_path):
     assert any(k.startswith("optim.state.head.out.weight.exp_avg") for k in stored)
 
 
+def test_cli_config_and_device_errors_are_one_clear_line(tmp_path, capsys):
+    from star.cli import main
+
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    for config, message in [(tmp_path / "bad.json", "bad.json: not valid JSON"), ("{steps: 3}", "not valid JSON"),
+                            (tmp_path / "list.json", "expected a JSON object of config fields, got list")]:
+        assert main(["train", "toy", "--config", str(config), "--print-config"]) == 2
+        assert message in capsys.readouterr().err, config
+    assert main(["train", "toy", "--out", str(tmp_path / "run"), "--set", "device=nodev"]) == 2
+    assert "device 'nodev' is not a torch device" in capsys.readouterr().err
+
+
 def test_config_overrides_are_typed_and_validated():
     sets = ["optim.lr=1e-4", "steps=5", "stage_options.hidden=64", "optim.betas=[0.8,0.9]"]
     cfg = apply_overrides(TrainConfig(), sets)
@@ -422,6 +435,8 @@ def test_config_overrides_are_typed_and_validated():
         apply_overrides(TrainConfig(), ["optim.lrr=1"])
     with pytest.raises(ValueError, match="steps: expected int"):
         apply_overrides(TrainConfig(), ["steps=ten"])
+    with pytest.raises(ValueError, match="^optim.lr: expected float"):
+        apply_overrides(TrainConfig(), ["optim.lr=fast"])
     with pytest.raises(ValueError, match="grad_accum"):
         TrainConfig(batch_size=10, grad_accum=4)
     with pytest.raises(ValueError, match="world_size=3"):

@@ -54,15 +54,53 @@ def load_pipeline(args: argparse.Namespace, understanding_only: bool = False):
         if not path.is_dir():
             raise FileNotFoundError(f"--model {path} is not a folder; pass a STAR model folder (config.json + "
                                     f"model.safetensors)")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = parse_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     config = path / "config.json"
-    if config.is_file() and "stacks" not in (fields := json.loads(config.read_text())) and "model_type" in fields:
+    fields = {}
+    if config.is_file():
+        try:
+            fields = json.loads(config.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{config} is not valid JSON ({exc}); a model folder's config.json is written by "
+                             f"save_pretrained") from exc
+    if isinstance(fields, dict) and "stacks" not in fields and "model_type" in fields:
         if not understanding_only:
             raise ValueError(f"--model {path} is a base model folder (model_type {fields['model_type']!r}), not a "
                              f"STAR model; understanding accepts it, generation and editing need a STAR folder")
         return BasePipeline.from_pretrained(path, device=device, dtype=dtype)
     return STARPipeline.from_pretrained(path, device=device, dtype=dtype)
+
+
+def parse_device(name: str):
+    """--device as a torch.device; an unknown name, or CUDA where torch sees none, is a ValueError."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: this torch build sees no CUDA device; use cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: there are only {torch.cuda.device_count()} CUDA devices")
+    return device
+
+
+def check_output(output: str | Path) -> Path:
+    """Refuse an --output that cannot be saved as an image, before any model is loaded."""
+    from PIL import Image
+
+    output = Path(output)
+    if output.is_dir():
+        raise ValueError(f"--output {output} is a folder; pass an image file, e.g. {output / 'image.png'}")
+    if Image.registered_extensions().get(output.suffix.lower()) not in Image.SAVE:
+        raise ValueError(f"--output {output} does not end in an image suffix PIL can write "
+                         f"({output.suffix or 'no suffix'}); use e.g. .png")
+    folder = next(p for p in output.absolute().parents if p.exists())
+    if not folder.is_dir():
+        raise ValueError(f"--output {output}: {folder} is a file, not a folder")
+    return output
 
 
 def save_images(images: list, output: str | Path) -> list[Path]:

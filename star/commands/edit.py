@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from star.commands import add_model_arguments, add_sampling_arguments, load_pipeline, sampling_kwargs, save_images
+from star.commands import (
+    add_model_arguments,
+    add_sampling_arguments,
+    check_output,
+    load_pipeline,
+    sampling_kwargs,
+    save_images,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output(args.output)
     pipe = load_pipeline(args)
     out = pipe.edit(args.image, args.instruction, **sampling_kwargs(args),
                     guidance_after_change=args.guidance_after_change)

@@ -95,7 +95,13 @@ def resolve_config(args: argparse.Namespace):
             if not path.is_file():
                 raise FileNotFoundError(f"--config {text}: no such file (pass a JSON file or an inline JSON object)")
             text = path.read_text()
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--config {args.config}: not valid JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"--config {args.config}: expected a JSON object of config fields, got "
+                             f"{type(data).__name__}")
         data.pop("stage", None)                       # a run's OUT/config.json records its stage name too
         config = merge_json(config, data)
     overrides = list(args.set)

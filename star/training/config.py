@@ -170,7 +170,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if annotation is Any:
         return value
     if dataclasses.is_dataclass(annotation):
-        return value if isinstance(value, annotation) else from_dict(annotation, value, where)
+        return value if isinstance(value, annotation) else from_dict(annotation, value, f"{where}.")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -204,7 +204,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
 def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     """Build a config dataclass from a dict, refusing unknown keys (with the list of known ones)."""
     if not isinstance(data, dict):
-        raise ValueError(f"{where or cls.__name__}: expected an object, got {data!r}")
+        raise ValueError(f"{where.rstrip('.') or cls.__name__}: expected an object, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))

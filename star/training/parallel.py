@@ -49,12 +49,12 @@ class Dist:
 
 def resolve_device(name: str, local_rank: int) -> torch.device:
     """'auto' -> CUDA if available (cuda:LOCAL_RANK), else CPU; 'cuda' -> cuda:LOCAL_RANK; anything else as given."""
+    from star.commands import parse_device
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    device = parse_device(name)                     # a ValueError for an unknown name or CUDA where there is none
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device={name!r} but this torch build sees no CUDA device; use device='cpu' or 'auto'")
         if device.index is None:
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
