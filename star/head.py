@@ -36,11 +36,15 @@ class PixelHead(nn.Module):
                              f"({self.config.codebook_size}, {self.config.code_dim}), got {tuple(code_vectors.shape)}")
         return self.codes(code_vectors.to(self.query.weight.dtype))
 
-    def forward(self, hidden: Tensor, keys: Tensor | None = None) -> Tensor:
-        """(..., D) -> (..., K) logits, in the head's dtype. `keys` (K, D), from `keys(codebook)`, is needed exactly
-        when config.code_dim > 0."""
+    def forward(self, hidden: Tensor, keys: Tensor | None = None, code_vectors: Tensor | None = None) -> Tensor:
+        """(..., D) -> (..., K) logits, in the head's dtype. A code-vector head (config.code_dim > 0) needs its code
+        keys: `keys` (K, D) precomputed by `keys(codebook)` (decoding), or the VQ codebook `code_vectors` (K, code_dim)
+        to compute them here (training: inside forward, so that FSDP has gathered the head's parameters)."""
         if not self.config.code_dim:
             return self.proj(hidden)
         if keys is None:
-            raise ValueError(f"head.code_dim={self.config.code_dim}: pass the code keys, head.keys(VQ codebook)")
+            if code_vectors is None:
+                raise ValueError(f"head.code_dim={self.config.code_dim}: pass the code keys, head.keys(VQ codebook), "
+                                 f"or the codebook as code_vectors")
+            keys = self.keys(code_vectors)                                   # (K, D)
         return self.query(hidden) @ keys.T                                   # (..., K)

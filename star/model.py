@@ -254,9 +254,17 @@ class STAR(nn.Module):
     def source_hints(self, cond: Condition, vq_slots: Tensor) -> Tensor | None:
         """(B, N, D) source_hint(source code i) per edit row, zeros for rows without a source; None when the model
         has no source hint or the batch no source."""
-        if self.source_hint is None or not bool(vq_slots.any()):
+        if self.source_hint is None:
             return None
         n, edit_rows = self.num_image_tokens, vq_slots.any(1)                          # (B,)
+        if not bool(edit_rows.any()):
+            if not (torch.is_grad_enabled() and self.source_hint.weight.requires_grad):
+                return None
+            # training on a micro-batch without edits: call the map all the same (on zeros, so the hints are zero),
+            # so that every rank runs its FSDP/DDP collectives whatever its share of the stream holds
+            zeros = vq_slots.new_zeros(vq_slots.shape[0], n, self.source_hint.in_features,
+                                       dtype=self.source_hint.weight.dtype)
+            return self.source_hint(zeros)                                             # (B, N, D) zeros
         if bool((vq_slots.sum(1)[edit_rows] != n).any()):
             raise ValueError(f"edit_source_hint needs a source of {n} codes (the target's grid) per edit row, "
                              f"got {vq_slots.sum(1)[edit_rows].tolist()}")
@@ -304,8 +312,11 @@ class STAR(nn.Module):
 
     def logits(self, hidden: Tensor, head_keys: Tensor | None = None) -> Tensor:
         """(..., D) stacked-AR hidden states -> (..., K) code logits. A code-vector head scores the VQ codebook's
-        vectors, through `head_keys` (K, D) when given (decoding computes them once, at prefill)."""
-        return self.head(hidden, self.head_keys() if head_keys is None else head_keys)
+        vectors, through `head_keys` (K, D) when given (decoding computes them once, at prefill); otherwise the head
+        computes them in its own forward, where FSDP gathers its parameters (training)."""
+        if head_keys is not None or not self.config.head.code_dim:
+            return self.head(hidden, head_keys)
+        return self.head(hidden, code_vectors=self.vq.quantize.codebook())
 
     def head_keys(self) -> Tensor | None:
         """(K, D) a code-vector head's keys for every code (None for a head with a row per code)."""

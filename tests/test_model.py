@@ -319,6 +319,35 @@ def test_code_vector_head_scores_each_code_through_its_vq_vector(make_star):
         model.head.keys(torch.zeros(64, 4))
 
 
+def test_code_vector_head_trains_under_fsdp2(make_star, monkeypatch):
+    """Sharded (a 1-rank gloo group), the head's parameters are DTensors outside its forward: the code keys must be
+    computed inside it, or the first step fails on mixed Tensor/DTensor."""
+    import socket
+
+    import torch.distributed as dist
+
+    from star.training.parallel import Dist, wrap
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        model = make_star(head=dict(hidden_size=64, codebook_size=64, code_dim=8)).train()
+        env = Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+        wrap(model, ("stacks.0", "adapter", "head"), "fsdp", env, torch.float32)
+        cond = Condition.from_rows([t2i_row(model.base.tokenizer, model.special, "a red cube")] * 2,
+                                   model.special.end_of_text)
+        codes = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(3))
+        model(cond, codes, drop_prompt=torch.zeros(2, dtype=torch.bool)).loss.backward()
+        grads = [p.grad for p in model.head.codes.parameters()]
+        assert all(g is not None and torch.count_nonzero(g.full_tensor()) > 0 for g in grads)
+    finally:
+        dist.destroy_process_group()
+
+
 def test_edit_source_hint_gives_the_input_predicting_code_i_source_code_i(make_star):
     plain, model = make_star(), make_star(edit_source_hint=True)
     model.load_state_dict({**plain.state_dict(), "source_hint.weight": model.source_hint.weight})
@@ -353,6 +382,18 @@ def test_edit_source_hint_gives_the_input_predicting_code_i_source_code_i(make_s
         model.source_hints(edit, edit.input_ids == model.special.vision_pad)
     assert torch.count_nonzero(hints_only.abs().sum(-1)[:, torch.arange(16) != 9]) == 0
     assert bool((hints_only[:, 9].abs().sum(-1) > 0).all())
+
+    # training on a batch without edits still calls the map (zero hints, zero gradient): under FSDP every rank must
+    # run the same collectives whatever its micro-batch holds
+    model.train()
+    model.zero_grad()
+    t2i_only = Condition.from_rows([t2i_row(model.base.tokenizer, model.special, "a red cube")] * 2,
+                                   model.special.end_of_text)
+    loss = model(t2i_only, codes[:2], drop_prompt=torch.zeros(2, dtype=torch.bool)).loss
+    loss.backward()
+    assert model.source_hint.weight.grad is not None and torch.count_nonzero(model.source_hint.weight.grad) == 0
+    torch.testing.assert_close(loss, plain(t2i_only, codes[:2], drop_prompt=torch.zeros(2, dtype=torch.bool)).loss,
+                               atol=0, rtol=0)
 
 
 # -----------------------------------------------------------------------------
