@@ -98,7 +98,8 @@ def load_trainable(model, state: dict[str, Tensor], source: str) -> LoadReport:
 
 
 def load_star(directory: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
-    """Load a STAR folder: the base (device, dtype), the VQ (device, fp32 unless dtype), then the trained parts."""
+    """Load a STAR folder: the base (device, dtype), the VQ (device, always fp32: it is small, and its codes must be
+    the ones it gave in training), then the trained parts."""
     from safetensors.torch import load_file
 
     from star.base import FrozenBase
@@ -111,8 +112,7 @@ def load_star(directory: str | Path, device: str | torch.device | None = None, d
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found: a STAR model folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
     base = FrozenBase.from_pretrained(resolve_reference(directory, config.base, "base"), device=device, dtype=dtype)
-    vq = VQModel.from_pretrained(resolve_reference(directory, config.vq, "vq"), device=device,
-                                 dtype=dtype or torch.float32)
+    vq = VQModel.from_pretrained(resolve_reference(directory, config.vq, "vq"), device=device, dtype=torch.float32)
     model = STAR(config, base, vq)
     load_trainable(model, load_file(str(weights)), str(weights))
     return model.eval()

@@ -199,14 +199,15 @@ class STAR(nn.Module):
                 if k.startswith(("stacks.", "adapter.", "head.", "source_hint."))}
 
     # --- the single sequence builder -------------------------------------------
-    def embed_codes(self, codes: Tensor, first_cell: int = 0) -> Tensor:
+    def embed_codes(self, codes: Tensor, first_cell: int = 0, check: bool = True) -> Tensor:
         """(B, N) codes -> (B, N, D): adapter(vq.embed(codes)), the input embedding of image codes. Code j sits in
-        grid cell (first_cell + j) mod the image's cells (used by an adapter with a cell embedding)."""
+        grid cell (first_cell + j) mod the image's cells (used by an adapter with a cell embedding). `check=False`
+        skips the codebook range check (and its host sync), for codes the head itself sampled."""
         cells = None
         if self.config.adapter.grid_cells:
             cells = (first_cell + torch.arange(codes.shape[1], device=codes.device)) % self.num_image_tokens
             cells = cells.expand_as(codes)                                             # (B, N)
-        return self.adapter(self.vq.embed(codes), cells)
+        return self.adapter(self.vq.embed(codes, check), cells)
 
     def embed(self, cond: Condition, codes: Tensor | None = None) -> Sequence:
         """Condition (+ image codes to append) -> Sequence. Used by training, prefill and the parity tests."""
@@ -333,14 +334,15 @@ class STAR(nn.Module):
         return self.logits(self.hidden_states(seq, state)[:, -1], state.head_keys), state
 
     def step(self, codes: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
-        """Feed one code per row (R,) through base and stacks with their caches; return next logits (R, K)."""
+        """Feed one code per row (R,) through base and stacks with their caches; return next logits (R, K). The codes
+        are not range-checked (no host sync per step): decoding feeds back what the head sampled."""
         r = codes.shape[0]
         mask = torch.cat([state.attention_mask, state.attention_mask.new_ones(r, 1)], dim=1)   # (R, T + 1)
         positions = state.next_position.view(1, r, 1).expand(3, r, 1)                          # (3, R, 1)
         hints, i = state.source_hints, state.codes_fed + 1                             # this input predicts code i
         stack_hints = hints[:, i:i + 1] if hints is not None and i < hints.shape[1] else None   # (R, 1, D)
-        seq = Sequence(self.embed_codes(codes[:, None], state.codes_fed), mask, positions, state.next_position + 1,
-                       stack_hints)
+        x = self.embed_codes(codes[:, None], state.codes_fed, check=False)             # (R, 1, D) sampled codes
+        seq = Sequence(x, mask, positions, state.next_position + 1, stack_hints)
         state = DecodeState(state.caches, mask, seq.next_position, state.codes_fed + 1, hints, state.head_keys)
         return self.logits(self.hidden_states(seq, state)[:, -1], state.head_keys), state
 

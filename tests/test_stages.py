@@ -603,6 +603,24 @@ def test_generation_under_torchrun_fsdp_matches_one_process(tmp_path, tiny_base_
     assert (diffs > 1e-6).float().mean() <= 1e-3, (int((diffs > 1e-6).sum()), diffs.numel())
 
 
+def test_activation_checkpointing_also_recomputes_the_base_when_the_adapter_trains(tmp_path, tiny_base_dir,
+                                                                                   star_vq_dir, dataset, capsys):
+    import re
+
+    from star.base import FrozenBase
+
+    options = dict(base=str(tiny_base_dir), vq=str(star_vq_dir), data=str(dataset), stack_layers=2)
+    train(stage_config("generation", tmp_path / "plain", steps=2, export=False, **options), get_stage("generation"))
+    config = apply_overrides(stage_config("generation", tmp_path / "ac", steps=2, export=False, **options),
+                             ["activation_checkpointing=true"])
+    capsys.readouterr()
+    train(config, get_stage("generation"))
+    blocks = int(re.search(r"activation checkpointing: (\d+) blocks", capsys.readouterr().out).group(1))
+    assert blocks == 2 + 1 + 1 + FrozenBase.from_pretrained(tiny_base_dir).num_layers   # stack, adapter, head, base
+    assert [r["loss"] for r in read_log(tmp_path / "ac" / "log.jsonl")] == \
+        [r["loss"] for r in read_log(tmp_path / "plain" / "log.jsonl")]
+
+
 def test_vq_stage_dictionary_warmup_hands_over_to_plain_vq_training(tmp_path, dataset):
     from star.training.stage_vq import VQOptions, dictionary_of
 

@@ -377,6 +377,8 @@ def test_bad_inputs_raise_clear_errors(tiny_vq, tmp_path):
         tiny_vq.encode(torch.zeros(1, 3, 16, 16, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"\[0, 64\)"):
         tiny_vq.decode(torch.full((1, 2, 2), 64))
+    with pytest.raises(ValueError, match=r"got range \[-1, 3\]"):
+        tiny_vq.embed(torch.tensor([3, -1]))
     with pytest.raises(ValueError, match="not a square"):
         tiny_vq.decode(torch.zeros(1, 6, dtype=torch.long))
     with pytest.raises(ValueError, match="norm_groups"):

@@ -362,7 +362,7 @@ def encode_images(vq: nn.Module, items: list[Tensor], device: torch.device) -> T
     if pixel_rows:
         dtype = next(vq.parameters()).dtype
         pixels = torch.stack([items[i] for i in pixel_rows]).to(device, dtype)
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):         # fp32 codes, as `star tokenize`'s
             codes = vq.encode(pixels).flatten(1)                                     # (p, N)
         for r, i in enumerate(pixel_rows):
             out[i] = codes[r]
@@ -389,6 +389,7 @@ class GenerationStage:
         # Declared for the default build (one stack, adapter trains); `build` refines it from the options.
         self.trainable: tuple[str, ...] = ("stacks.0", "adapter", "head")
         self.frozen: tuple[str, ...] = ("base", "vq")
+        self.recompute: tuple[str, ...] = ()        # frozen modules gradients flow through (set by build)
 
     def default_config(self) -> TrainConfig:
         options = {"kind_weights": {"edit": 0.7, "t2i": 0.3}} if self.name == "editing" else {}
@@ -476,6 +477,8 @@ class GenerationStage:
             model.add_stack(StackedARConfig(num_layers=opts.stack_layers, init=opts.stack_init))
         n = len(model.stacks)
         self.declare(n, opts.train_adapter, model.source_hint is not None)
+        language_model = next(name for name, m in model.named_modules() if m is model.base.language_model)
+        self.recompute = (language_model, *(f"stacks.{i}" for i in range(n - 1))) if opts.train_adapter else ()
         for name in self.trainable:                 # trainable weights are fp32 master weights (autocast does bf16)
             model.get_submodule(name).float().requires_grad_(True)
         for name in self.frozen:

@@ -10,7 +10,9 @@ Contract details the trainer relies on:
   `build` must be deterministic given `config.seed` (the trainer seeds torch/numpy/random first): every rank builds the
   same weights, and the export path may build the model a second time.
 - Trainable modules must be *called* (`module(x)`), not have their weights read directly: FSDP2 gathers a module's
-  shards in a forward hook.
+  shards in a forward hook. Under FSDP2 or DDP every rank must call them on every micro-step, whatever its batch holds.
+- Optional attribute `recompute` (dotted names, set by `build`): frozen modules that gradients flow through (the base
+  when the adapter trains); with `activation_checkpointing` their blocks are recomputed in backward too.
 - `batches` yields this rank's micro-batches in order, starting at `start_position`, the number of samples of the
   global stream already consumed (world-size independent; `parallel.micro_batch_ranges` gives the index ranges).
   Restarting at the same position must give the same batches: that is what makes resume exact, so draw any

@@ -153,7 +153,7 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
     # -----------------------------------------------------------------------------
     # Parallelism: activation checkpointing, then FSDP2 / DDP on the trainable parts
     if config.activation_checkpointing:
-        n = parallel.apply_activation_checkpointing(model, stage.trainable)
+        n = parallel.apply_activation_checkpointing(model, stage.trainable + tuple(getattr(stage, "recompute", ())))
         _print0(env, f"activation checkpointing: {n} blocks")
     wrapped = parallel.wrap(model, stage.trainable, mode, env, dtype)
 
