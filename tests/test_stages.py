@@ -215,6 +215,16 @@ def test_understanding_sequences_match_the_pipeline_and_the_loss_sees_only_answe
     assert all(p.pixel_values is None or p.image_grid_thw.shape[0] == sum(t in ("vqa", "caption") for t in b.tasks)
                for b in first for p in b.parts)
 
+    # a micro-batch without images still calls the trainable ViT (so ranks stay in step), with zero gradient
+    model.train()
+    loss, _ = stage.loss(model, types.SimpleNamespace(parts=[text_part], tasks=["text_qa"]))
+    loss.backward()
+    grads = [p.grad for p in model.hf.model.visual.parameters()]
+    assert all(g is not None and torch.count_nonzero(g) == 0 for g in grads)
+    with torch.no_grad():
+        torch.testing.assert_close(loss, stage.loss(model, types.SimpleNamespace(parts=[text_part],
+                                                                                 tasks=["text_qa"]))[0])
+
 
 def test_scene_qa_asks_the_vqa_questions_a_caption_answers_about_the_caption(tmp_path, tiny_base_dir, dataset):
     from star.shapes.scene import Scene

@@ -177,7 +177,8 @@ def wrap(model: nn.Module, trainable: tuple[str, ...], mode: str, env: Dist, com
     fsdp: `fully_shard` every block of every trainable module, then the module itself (one all-gather per block,
           overlapped with compute). The root model is not sharded, so the frozen base is never all-gathered.
           With bf16, parameters are gathered in bf16 and gradients reduced in fp32.
-    ddp:  DistributedDataParallel over the whole model (only parameters with requires_grad are synchronised).
+    ddp:  DistributedDataParallel over the whole model (gradients of parameters with requires_grad are all-reduced;
+          at construction DDP also broadcasts rank 0's frozen weights).
     none: the model as is.
     """
     if mode == "none":
@@ -205,13 +206,11 @@ def wrap(model: nn.Module, trainable: tuple[str, ...], mode: str, env: Dist, com
     return model
 
 
-def gradient_sync(model: nn.Module, trainable: tuple[str, ...], mode: str, sync: bool) -> ContextManager:
-    """Context for one micro-step's backward: gradient communication off for accumulation micro-steps, on for the last.
-
-    DDP uses its `no_sync()` context; FSDP2 is switched with `set_requires_gradient_sync` on each sharded module."""
-    if mode == "fsdp":
-        for name in trainable:
-            model.get_submodule(name).set_requires_gradient_sync(sync)
+def gradient_sync(model: nn.Module, mode: str, sync: bool) -> ContextManager:
+    """Context for one micro-step's backward: DDP's gradient all-reduce off for accumulation micro-steps (`no_sync()`),
+    on for the last. FSDP2 reduce-scatters on every micro-step: skipping it would keep each rank's gradients whole and
+    unsharded until the last one (the full trainable size in fp32 per rank, ~14 GB for a 7B stack), the memory FSDP
+    is there to save."""
     if mode == "ddp" and not sync:
         return model.no_sync()
     return nullcontext()

@@ -278,7 +278,22 @@ class UnderstandingModel(nn.Module):
             supervised = target != IGNORE
             labelled = labelled + supervised.sum()
             correct = correct + ((logits.argmax(-1) == target) & supervised).sum()
+        if all(part.pixel_values is None for part in parts) and self._vision_trains():
+            total = total + 0.0 * self._blank_image_features().sum()
         return total / labelled, labelled, correct
+
+    def _vision_trains(self) -> bool:
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self.hf.model.visual.parameters())
+
+    def _blank_image_features(self) -> Tensor:
+        """The ViT on one blank image of a single merged token: a micro-batch without images still calls a trainable
+        ViT (times zero: no gradient), so that every rank runs its FSDP/DDP collectives whatever its batch holds."""
+        cfg = self.hf.config.vision_config
+        m = cfg.spatial_merge_size
+        device = self.hf.lm_head.weight.device
+        pixels = torch.zeros(m * m, cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size ** 2, device=device)
+        grid = torch.tensor([[1, m, m]], device=device)
+        return self.hf.model.visual(pixels, grid_thw=grid).pooler_output              # (1, D)
 
 
 class UnderstandingStage:

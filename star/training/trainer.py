@@ -284,11 +284,11 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
         set_lr(optimizer, lr)
         t0 = time.perf_counter()
 
-        # forward/backward over the accumulation micro-steps; gradients are synchronised on the last one only
+        # forward/backward over the accumulation micro-steps (DDP synchronises gradients on the last one only)
         loss_sum, tokens, metric_sums = torch.zeros((), device=env.device), 0.0, {}
         for a in range(config.grad_accum):
             batch = next(stream)
-            with parallel.gradient_sync(wrapped, stage.trainable, mode, sync=a == config.grad_accum - 1):
+            with parallel.gradient_sync(wrapped, mode, sync=a == config.grad_accum - 1):
                 with autocast():
                     loss, metrics = stage.loss(wrapped, batch)
                 (loss / config.grad_accum).backward()
