@@ -113,6 +113,10 @@ class EvalConfig:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.resolution is not None and self.resolution < 16:
             raise ValueError(f"resolution must be >= 16, got {self.resolution}")
+        sampling = ("guidance_scale", "top_k", "top_p", "temperature")
+        if self.suite == "vqa" and any(getattr(self, k) is not None for k in sampling):
+            raise ValueError(f"vqa answers greedily with the base; {', '.join(sampling)} apply to the image suites "
+                             f"(geneval, imgedit, wise)")
         if self.guidance_after_change is not None and self.suite != "imgedit":
             raise ValueError(f"guidance_after_change applies to editing (imgedit), not {self.suite}")
         if self.reasoning and self.suite not in ("geneval", "wise"):
@@ -136,7 +140,10 @@ def model_resolution(pipe) -> int:
 
 
 def sampling_settings(pipe, cfg: EvalConfig) -> dict:
-    """The requested sampling arguments and the values actually used (None -> the model's default for the task)."""
+    """The requested sampling arguments and the values actually used (None -> the model's default for the task);
+    vqa decodes its answers greedily."""
+    if cfg.suite == "vqa":
+        return {"requested": {}, "effective": {"decoding": "greedy"}}
     names = ("guidance_scale", "top_k", "top_p", "temperature") + (("guidance_after_change",) if cfg.suite == "imgedit"
                                                                    else ())
     requested = {k: getattr(cfg, k) for k in names}

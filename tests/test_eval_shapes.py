@@ -97,15 +97,17 @@ def test_suite_end_to_end_on_the_tiny_model(suite, tiny_model_dir, tmp_path, cap
     out = tmp_path / "out"
     name = suite.removesuffix("-reasoning")
     args = ["eval", "shapes", "--suite", name, "--model", str(tiny_model_dir), "--device", "cpu", "--out", str(out),
-            "--limit", "2", "--images-per-prompt", "2", "--max-new-tokens", "4", "--batch-size", "5", "--quiet",
-            "--top-k", "8", "--guidance-scale", "2"] + (["--guidance-after-change", "1.5"] if name == "imgedit" else [])
+            "--limit", "2", "--images-per-prompt", "2", "--max-new-tokens", "4", "--batch-size", "5", "--quiet"]
+    args += [] if name == "vqa" else ["--top-k", "8", "--guidance-scale", "2"]
+    args += ["--guidance-after-change", "1.5"] if name == "imgedit" else []
     assert cli_main(args + (["--reasoning"] if suite.endswith("reasoning") else [])) == 0
     assert "overall" in capsys.readouterr().out
     s = _summary(out)
     c = s["counts"]
     assert s["suite"] == name and s["model"] == str(tiny_model_dir.resolve()) and s["resolution"] == 16
-    assert s["sampling"]["effective"] == {"guidance_scale": 2.0, "top_k": 8, "top_p": 0.9, "temperature": 1.0,
-                                          **({"guidance_after_change": 1.5} if name == "imgedit" else {})}
+    assert s["sampling"]["effective"] == ({"decoding": "greedy"} if name == "vqa" else {
+        "guidance_scale": 2.0, "top_k": 8, "top_p": 0.9, "temperature": 1.0,
+        **({"guidance_after_change": 1.5} if name == "imgedit" else {})})
     assert c["errors"] == 0 and c["present_before"] == 0
     assert c["generated"] == c["found"] == c["scored"] == c["expected"], "every item generated and scored"
     assert set(s["in_distribution"]) == {"overall", "n"}
@@ -197,7 +199,9 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys, monkeypatch):
     with pytest.raises(ValueError, match="guidance_scale must be >= 0"):
         EvalConfig(suite="geneval", out=tmp_path / "neg", guidance_scale=-1.0)
     with pytest.raises(ValueError, match="temperature must be >= 0 and finite"):
-        EvalConfig(suite="vqa", out=tmp_path / "nan", temperature=float("nan"))
+        EvalConfig(suite="geneval", out=tmp_path / "nan", temperature=float("nan"))
+    with pytest.raises(ValueError, match="vqa answers greedily"):
+        EvalConfig(suite="vqa", out=tmp_path / "vqa", top_k=8)
     (tmp_path / "file").write_text("")
     assert cli_main(["eval", "shapes", "--suite", "geneval", "--out", str(tmp_path / "file")]) == 2
     assert "is a file; pass an output folder" in capsys.readouterr().err
