@@ -96,7 +96,9 @@ def check_prompt(prompt: str, what: str = "prompt") -> str:
     if not isinstance(prompt, str):
         raise TypeError(f"{what} must be a string, got {type(prompt).__name__}")
     if not prompt.strip():
-        raise ValueError(f"{what} is empty; describe the image to generate (or the edit to make) in words")
+        hint = {"prompt": "describe the image to generate", "edit instruction": "say what to change",
+                "question": "ask something about the image"}.get(what, "write it in words")
+        raise ValueError(f"{what} is empty; {hint}")
     return prompt
 
 

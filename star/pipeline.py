@@ -38,7 +38,11 @@ class ImageOutput:
 
 
 def load_image(image) -> Image.Image:
-    """A PIL image or a path -> an RGB PIL image; anything else raises a ValueError that says what to do."""
+    """A PIL image or a path -> an RGB PIL image; anything else raises a ValueError that says what to do.
+
+    An image *file* in another mode is converted, since its reader cannot (the command line): transparency is
+    composited on white, greyscale and palettes expanded. A PIL image in another mode is refused, so that a Python
+    caller decides what its alpha channel or palette means."""
     if isinstance(image, (str, Path)):
         path = Path(image)
         if path.is_dir():
@@ -51,6 +55,9 @@ def load_image(image) -> Image.Image:
                 image = f.copy()
         except (UnidentifiedImageError, OSError) as exc:
             raise ValueError(f"cannot decode image file {path}: {exc}") from exc
+        if image.mode != "RGB":
+            rgba = image.convert("RGBA")                                  # any mode, transparency included
+            image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected a PIL image or an image path, got {type(image).__name__}")
     if image.mode != "RGB":

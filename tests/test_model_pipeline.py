@@ -17,7 +17,7 @@ from star.chat import reasoning_row
 from star.cli import main as cli_main
 from star.generate import generate_codes
 from star.model import Condition
-from star.pipeline import STARPipeline
+from star.pipeline import STARPipeline, load_image
 
 
 
@@ -192,6 +192,13 @@ def test_bad_inputs_raise_clear_errors(pipe, make_star, tmp_path, tiny_base_dir)
         pipe.edit(Image.new("RGBA", (32, 32)), "make the cube blue")
     with pytest.raises(ValueError, match="RGB"):
         pipe.understand(Image.new("L", (32, 32)), "what colour is the cube?")
+    with pytest.raises(ValueError, match="question is empty; ask something about the image"):
+        pipe.understand(rgb(0), " ")
+    # an image file is converted (the command line cannot): transparency composited on white
+    Image.new("RGBA", (2, 1), (255, 0, 0, 0)).save(tmp_path / "clear.png")
+    Image.new("LA", (2, 1), (0, 255)).save(tmp_path / "grey.png")
+    assert list(load_image(tmp_path / "clear.png").getdata()) == [(255, 255, 255)] * 2
+    assert list(load_image(tmp_path / "grey.png").getdata()) == [(0, 0, 0)] * 2
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"this is not a png")
     with pytest.raises(ValueError, match="cannot decode"):
