@@ -130,8 +130,8 @@ UPSTREAM_RENAMES: tuple[tuple[str, str], ...] = (
 )
 # Upstream key groups that are not part of this folder, with the reason (reported, never silently dropped).
 UPSTREAM_SKIPPED: tuple[tuple[str, str], ...] = (
-    (r"^llm\.", "frozen base: loaded from the base folder"),
-    (r"^pixel_encoder\.", "VQ tokenizer: converted from VQ-Model.pt"),
+    (r"^llm\.", "frozen base: loaded from the base folder (copies compared with it)"),
+    (r"^pixel_encoder\.", "VQ tokenizer: converted from VQ-Model.pt (copies compared with it)"),
     (r"^diffusion_decoder\.", "Lumina diffusion decoder: not part of this model"),
     (r"^stacked_ar\.(?:visual|lm_head)\.", "stack's vision tower / LM head: deleted upstream, unused"),
     (r"^stacked_ar\.model\.(?:language_model\.)?(?:embed_tokens|rotary_emb)\.", "stack's token embeddings / "
@@ -140,14 +140,20 @@ UPSTREAM_SKIPPED: tuple[tuple[str, str], ...] = (
 )
 
 
-def convert_upstream_state_dict(state: dict, report: LoadReport) -> dict[str, Tensor]:
-    """Upstream STAR state dict -> this layout's keys. Skipped groups and unknown keys go into `report`."""
+def unwrap_upstream(state: dict, report: LoadReport | None = None) -> dict:
+    """The state dict inside an upstream checkpoint (`checkpoint['state_dict']` in the release)."""
     for wrapper in ("state_dict", "model", "module"):
         if isinstance(state.get(wrapper), dict):
-            report.notes.append(f"unwrapped checkpoint[{wrapper!r}] (other entries: "
-                                f"{sorted(k for k in state if k != wrapper)})")
-            state = state[wrapper]
-            break
+            if report is not None:
+                report.notes.append(f"unwrapped checkpoint[{wrapper!r}] (other entries: "
+                                    f"{sorted(k for k in state if k != wrapper)})")
+            return state[wrapper]
+    return state
+
+
+def convert_upstream_state_dict(state: dict, report: LoadReport) -> dict[str, Tensor]:
+    """Upstream STAR state dict -> this layout's keys. Skipped groups and unknown keys go into `report`."""
+    state = unwrap_upstream(state, report)
     out: dict[str, Tensor] = {}
     skipped: dict[str, int] = {}
     for key, value in state.items():
@@ -167,6 +173,62 @@ def convert_upstream_state_dict(state: dict, report: LoadReport) -> dict[str, Te
                 skipped[reason] = skipped.get(reason, 0) + 1
     report.ignored += [f"{n} tensors: {why}" for why, n in skipped.items()]
     return out
+
+
+def _canonical_base_key(key: str) -> str:
+    """A Qwen2.5-VL weight name in one layout whatever transformers version wrote it (or upstream's `llm.` copy)."""
+    key = key.removeprefix("module.").removeprefix("llm.")
+    return re.sub(r"^model\.visual\.", "visual.", re.sub(r"^model\.language_model\.", "model.", key))
+
+
+def _differing(copies: dict[str, Tensor], ours: dict[str, Tensor], limit: int = 5) -> list[str]:
+    """Keys whose copy is absent from `ours` or differs from it once both are cast to bf16 (upstream runs bf16)."""
+    bad = []
+    for key, value in copies.items():
+        if key not in ours:
+            bad.append(f"{key} (not in ours)")
+        elif value.shape != ours[key].shape or not torch.equal(value.to(torch.bfloat16), ours[key].to(torch.bfloat16)):
+            bad.append(f"{key}")
+        if len(bad) == limit:
+            break
+    return bad
+
+
+def check_upstream_copies(state: dict, base: Path, vq_model, report: LoadReport) -> None:
+    """Upstream loads STAR-*.pt over its base and VQ with strict=False, so copies of base (`llm.*`) or VQ
+    (`pixel_encoder.*`) tensors in the checkpoint are what upstream runs. Ours come from the base folder and
+    VQ-Model.pt: compare the copies with them and refuse a conversion that would compute something else."""
+    from safetensors import safe_open
+
+    from star.vq import convert_upstream_state_dict as convert_vq_keys
+
+    state = unwrap_upstream(state)
+    llm = {_canonical_base_key(k): v for k, v in state.items() if k.startswith("llm.") and torch.is_tensor(v)}
+    vq = {k: v for k, v in state.items() if k.startswith("pixel_encoder.") and torch.is_tensor(v)}
+    problems = []
+    if llm:
+        ours: dict[str, Tensor] = {}
+        wanted = set(llm) | {"model.embed_tokens.weight"}
+        for file in sorted(base.glob("*.safetensors")):                    # one file, or the shards
+            with safe_open(str(file), "pt") as f:
+                for key in f.keys():
+                    if (canonical := _canonical_base_key(key)) in wanted:
+                        ours[canonical] = f.get_tensor(key)
+        if "lm_head.weight" not in ours and "model.embed_tokens.weight" in ours:   # tied: no lm_head saved
+            ours["lm_head.weight"] = ours["model.embed_tokens.weight"]
+        if bad := _differing(llm, ours):
+            problems.append(f"base copies (llm.*) that differ from {base}: {bad}")
+    if vq:
+        copies = convert_vq_keys(vq, LoadReport(source="pixel_encoder.*"))
+        if bad := _differing(copies, vq_model.state_dict()):
+            problems.append(f"VQ copies (pixel_encoder.*) that differ from the VQ tokenizer: {bad}")
+    if problems:
+        raise ValueError("the checkpoint carries its own copies of frozen weights, which upstream's strict=False load "
+                         "would run instead of the base folder's / VQ-Model.pt's; converting would compute something "
+                         "else: " + "; ".join(problems))
+    if llm or vq:
+        report.notes.append(f"{len(llm)} llm.* and {len(vq)} pixel_encoder.* copies in the checkpoint equal the base "
+                            f"folder's and the VQ's weights (compared in bf16, as upstream runs them)")
 
 
 def infer_config(state: dict[str, Tensor], **fields) -> STARConfig:
@@ -232,6 +294,7 @@ def convert_upstream(checkpoint: str | Path, base: str | Path, out_dir: str | Pa
         expected = STAR(config, frozen, VQModel(vq_model.config)).trainable_state_dict()
     check_state(expected, mapped, str(checkpoint), report)
     report.raise_if_bad()
+    check_upstream_copies(state, base, vq_model, report)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     if vq_reference == "vq":

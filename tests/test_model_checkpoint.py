@@ -64,8 +64,10 @@ def upstream_state_dict(model: STAR) -> dict[str, torch.Tensor]:
     state |= {f"pixel_adapter.{k}": v for k, v in model.adapter.state_dict().items()}
     state |= {"pixel_output_head.weight": model.head.proj.weight, "pixel_output_head.bias": model.head.proj.bias}
     # Groups the release carries that are not part of this folder.
-    state |= {"llm.model.norm.weight": torch.ones(64), "diffusion_decoder.transformer.x_embedder.weight":
-              torch.zeros(4, 4), "stacked_ar.lm_head.weight": torch.zeros(8, 64)}
+    state |= {"llm.model.norm.weight": model.base.language_model.norm.weight,
+              "pixel_encoder.quantize.embedding.weight": model.vq.quantize.embedding.weight,
+              "diffusion_decoder.transformer.x_embedder.weight": torch.zeros(4, 4),
+              "stacked_ar.lm_head.weight": torch.zeros(8, 64)}
     return {k: v.detach().clone() for k, v in state.items()}
 
 
@@ -96,6 +98,15 @@ def test_convert_upstream_reproduces_the_forward(make_star, tiny_base_dir, tmp_p
     torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(KeyError, match="stacks.0.decoder.layers.0.mlp.up_proj.weight"):
         convert_upstream(tmp_path / "bad.pt", tiny_base_dir, tmp_path / "bad", vq=out / "vq")
+    # Copies of frozen weights in the checkpoint are what upstream runs (strict=False load over base and VQ): they
+    # must equal ours, in bf16
+    assert any("1 llm.* and 1 pixel_encoder.* copies" in line for line in report.notes)
+    for key in ("llm.model.norm.weight", "pixel_encoder.quantize.embedding.weight"):
+        state = upstream_state_dict(model)
+        state[key] = state[key] + 0.1
+        torch.save(state, tmp_path / "bad.pt")
+        with pytest.raises(ValueError, match=f"copies .{key.split('.')[0]}.*. that differ.*{key.split('.', 1)[1]}"):
+            convert_upstream(tmp_path / "bad.pt", tiny_base_dir, tmp_path / "bad", vq=out / "vq")
     with pytest.raises(ValueError, match="star-7b sizes"):
         convert_upstream(tmp_path / "STAR-tiny.pt", tiny_base_dir, tmp_path / "bad", vq=out / "vq", preset="star-7b")
 
