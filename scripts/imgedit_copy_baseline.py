@@ -1,9 +1,10 @@
-"""ShapeImgEdit of a pipeline that returns every source image unchanged: the score of "no edit at all".
+"""ShapeImgEdit of two controls that make no edit: every source returned unchanged, or an unrelated random scene.
 
-    python scripts/imgedit_copy_baseline.py --out runs/imgedit-copy
+    python scripts/imgedit_copy_baseline.py --out runs/imgedit-copy [--unrelated]
 
-A model whose edits only copy their source scores this; ShapeImgEdit's 1-5 scale rates the change asked for, so a
-perfect copy gets the minimum.
+A model whose edits only copy their source scores the first; ShapeImgEdit's 1-5 scale rates the change asked for, so
+a perfect copy gets the minimum. `--unrelated` answers each item with a random scene (seeded by the item): it neither
+edits nor keeps the scene, and should get the minimum too.
 """
 
 from __future__ import annotations
@@ -28,14 +29,37 @@ class CopyPipeline:
         return SimpleNamespace(images=[im.copy() for im in images])
 
 
+class UnrelatedPipeline:
+    """Answers `edit(image, prompt)` with a random scene, seeded by the instruction and the source's pixels."""
+
+    resolution = 128
+
+    def edit(self, image, prompt, **sampling):
+        import zlib
+
+        import numpy as np
+
+        from star.shapes.render import render
+        from star.shapes.sample import random_scene
+
+        prompts = prompt if isinstance(prompt, list) else [prompt]
+        images = image if isinstance(image, list) else [image] * len(prompts)
+        seeds = [zlib.crc32(p.encode() + im.tobytes()) for p, im in zip(prompts, images)]
+        return SimpleNamespace(images=[render(random_scene(np.random.default_rng(s)), self.resolution)
+                                       for s in seeds])
+
+
 def main() -> int:
     from star.eval_shapes import EvalConfig, evaluate
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
+    p.add_argument("--unrelated", action="store_true", help="answer with unrelated random scenes")
     args = p.parse_args()
-    summary = evaluate(CopyPipeline(), EvalConfig(suite="imgedit", out=Path(args.out)))
-    print(f"ShapeImgEdit of unchanged sources: {summary['overall']:.2f}; " +
+    pipe = UnrelatedPipeline() if args.unrelated else CopyPipeline()
+    summary = evaluate(pipe, EvalConfig(suite="imgedit", out=Path(args.out)))
+    what = "unrelated random scenes" if args.unrelated else "unchanged sources"
+    print(f"ShapeImgEdit of {what}: {summary['overall']:.2f}; " +
           ", ".join(f"{k} {v:.2f}" for k, v in summary["tasks"].items()))
     return 0
 

@@ -102,6 +102,40 @@ def test_remove_remnant_is_partial():
     assert compliance(IE.score_item(item, half)) == 3
 
 
+def test_the_old_object_must_be_gone_and_an_unrelated_output_scores_one():
+    s = two_objects()
+    removed = item_of("remove", s, Scene(objects=[s.objects[1]]),
+                      {"op": "remove", "index": 0, "object": s.objects[0].__dict__})
+    moved_instead = Scene(objects=[Obj.at_cell("circle", "red", 0, 5), s.objects[1]])
+    assert compliance(IE.score_item(removed, render(moved_instead))) == 2
+    t = Scene(objects=[Obj.at_cell("star", "red", 0, 0), s.objects[1]])
+    replaced = item_of("replace", s, t, {"op": "replace", "index": 0, "from": "circle", "to": "star"})
+    assert IE.score_item(replaced, render(t))["sample"] == 5.0
+    kept_beside = Scene(objects=t.objects + [Obj.at_cell("circle", "red", 0, 5)])
+    assert IE.score_item(replaced, render(kept_beside))["metrics"]["status"] == "partial"
+    t = Scene(objects=[Obj.at_cell("circle", "red", 2, 0), s.objects[1]])
+    move = item_of("action", s, t, {"op": "action", "action": "move", "index": 0})
+    assert IE.score_item(move, render(t))["sample"] == 5.0
+    copied = Scene(objects=t.objects + [s.objects[0]])
+    assert IE.score_item(move, render(copied))["metrics"]["status"] == "partial"
+    # neither the edit nor the scene: as low as the unchanged source
+    unrelated = Scene(objects=[Obj.at_cell("arrow", "pink", 2, 2), Obj.at_cell("star", "white", 6, 1)])
+    r = IE.score_item(removed, render(unrelated))
+    assert r["metrics"]["unrelated"] and r["sample"] == 1.0
+
+
+def test_style_and_action_name_preservation_second():
+    s = two_objects()
+    t = Scene(objects=[replace(o, hollow=True) for o in s.objects])
+    style = item_of("style", s, t, {"op": "style", "style": "outline"})
+    wrong_objects = Scene(objects=[replace(o, shape="star", color="green", cx=1 - o.cx) for o in t.objects])
+    r = IE.score_item(style, render(wrong_objects))
+    s1, quality, preservation = r["metrics"]["raw_scores"]
+    assert preservation < quality
+    assert r["scores"] == {"Style Fidelity": s1, "Content Preservation": min(preservation, s1),
+                           "Rendering Quality": min(quality, s1)}
+
+
 def test_compose_with_one_op_done_scores_two():
     s = two_objects()
     t = Scene(objects=[replace(s.objects[1], color="green")])

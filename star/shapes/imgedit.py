@@ -73,7 +73,12 @@ def _same(graph: SceneGraph, j: int, obj: Obj) -> bool:
 
 def _intact(graph: SceneGraph, j: int, obj: Obj) -> bool:
     """Is parsed object j exactly `obj`: class, colour, centre within POS_TOL, width and height within SIZE_RATIO?"""
-    if not _same(graph, j, obj) or _dist(graph, j, obj) > POS_TOL:
+    return _dist(graph, j, obj) <= POS_TOL and _whole(graph, j, obj)
+
+
+def _whole(graph: SceneGraph, j: int, obj: Obj) -> bool:
+    """Is parsed object j a whole copy of `obj`, wherever it is: class, colour, width and height within SIZE_RATIO?"""
+    if not _same(graph, j, obj):
         return False
     x0, y0, x1, y1 = graph.objects[j].bbox
     bx0, by0, bx1, by1 = obj.box()
@@ -186,8 +191,17 @@ def _remnant(rgb: np.ndarray, obj: Obj) -> float:
     return float((d < 20).mean())
 
 
+def _left_over(graph: SceneGraph, m: dict[int, int], obj: Obj) -> bool:
+    """Is there a whole copy of obj (class, colour, size) that no target object accounts for (obj kept somewhere)?"""
+    matched = set(m.values())
+    return any(_whole(graph, j, obj) for j in range(len(graph.objects)) if j not in matched)
+
+
 def _check(op: _Op, item, graph: SceneGraph, rgb: np.ndarray, m: dict[int, int]) -> str:
-    """'full' (the op is carried out), 'partial' (right object, wrong value; or a remnant), or 'none'."""
+    """'full' (the op is carried out), 'partial' (right object, wrong value; or a remnant; or a copy left behind),
+    or 'none'. Remove, replace and move also need the old object gone: a whole copy of it that no target object
+    accounts for (moved instead of removed, kept beside its replacement, copied instead of moved) is not carried
+    out; a part of it where it was is a remnant."""
     n = len(graph.objects)
     if op.kind == "add":
         j = m.get(op.t_index)
@@ -208,7 +222,7 @@ def _check(op: _Op, item, graph: SceneGraph, rgb: np.ndarray, m: dict[int, int])
         return "partial" if is_new and (p.shape == t.shape or p.color == t.color) else "none"
     if op.kind == "remove":
         j = _at(graph, op.source)
-        if j is not None and _intact(graph, j, op.source):
+        if (j is not None and _intact(graph, j, op.source)) or _left_over(graph, m, op.source):
             return "none"
         return "partial" if _remnant(rgb, op.source) > REMNANT_FRAC else "full"
     if op.kind in ("color", "replace"):
@@ -217,7 +231,7 @@ def _check(op: _Op, item, graph: SceneGraph, rgb: np.ndarray, m: dict[int, int])
             return "none"
         p, s, t = graph.objects[j], op.source, op.target
         if p.shape == t.shape and p.color == t.color:
-            return "full"
+            return "partial" if _left_over(graph, m, s) else "full"
         if op.kind == "color":
             return "partial" if p.color != s.color else "none"
         changed_class = p.shape != s.shape
@@ -251,7 +265,7 @@ def _check(op: _Op, item, graph: SceneGraph, rgb: np.ndarray, m: dict[int, int])
     if op.kind == "move":
         j = _at(graph, op.target)
         if j is not None and _same(graph, j, op.target):
-            return "full"
+            return "partial" if _left_over(graph, m, op.source) else "full"
         k = _at(graph, op.source)
         moved_away = k is None or not _same(graph, k, op.source)
         present = any(_same(graph, jj, op.target) for jj in range(n))
@@ -350,7 +364,11 @@ def score_item(item, image, key: str | None = None) -> dict:
                   "partial" if "none" not in statuses else
                   "one" if full >= 1 or "partial" in statuses else "none")
     unchanged = _visible(graph, item.source)
-    if unchanged or (not graph.objects and target.objects):
+    # unrelated: no source or target object in place, and the edit not made (or "made" by wiping out the kept ones)
+    in_place = any((j := _at(graph, o)) is not None and _intact(graph, j, o)
+                   for o in item.source.objects + target.objects)
+    unrelated = not in_place and (status != "full" or (bool(keep) and p == 0))
+    if unchanged or unrelated or (not graph.objects and target.objects):
         s1 = 1
     elif status == "full":
         s1 = 5 if (p == 1 and e == 0) else (4 if (p >= 0.75 and e <= 1) else 3)
@@ -400,16 +418,18 @@ def score_item(item, image, key: str | None = None) -> dict:
     raw = (s1, s2, s3)
     s2, s3 = min(s2, s1), min(s3, s1)  # "The second and third score should no higher than first score!!!"
     names = SUBSCORE_NAMES[item.edit_type]
-    scores = dict(zip(names, (s1, s2, s3)))
+    # s2 is visual quality and s3 preservation; ImgEdit's style and action rubrics name preservation second
+    scores = dict(zip(names, (s1, s3, s2) if item.edit_type in ("style", "action") else (s1, s2, s3)))
     reasoning = (f"status={status}" + ("" if len(ops) == 1 else f" {statuses}") +
-                 f"; unchanged_source={unchanged}; p={p:.2f}; e={e}; u={graph.u:.4f}; L1_out={l1_out:.4f}" +
+                 f"; unchanged_source={unchanged}; unrelated={unrelated}; p={p:.2f}; e={e}; u={graph.u:.4f}; "
+                 f"L1_out={l1_out:.4f}" +
                  ("" if purity is None else f"; purity={purity:.3f}"))
     response = "Brief reasoning: " + reasoning + "\n" + "\n".join(f"{k}: {v}" for k, v in scores.items())
     return {
         "key": key, "edit_type": item.edit_type, "scores": scores, "sample": round(sum(scores.values()) / 3, 2),
         "response": response,
-        "metrics": {"status": status, "op_status": statuses, "unchanged_source": unchanged, "p": p, "e": e,
-                    "u": graph.u, "l1_out": l1_out, "purity": purity, "raw_scores": list(raw)},
+        "metrics": {"status": status, "op_status": statuses, "unchanged_source": unchanged, "unrelated": unrelated,
+                    "p": p, "e": e, "u": graph.u, "l1_out": l1_out, "purity": purity, "raw_scores": list(raw)},
     }
 
 
