@@ -437,6 +437,13 @@ def test_wise_prompts():
         assert geneval_correct(scene, spec)
     train = wise_prompts(split="train")
     assert not {i["Prompt"] for i in train} & {i["Prompt"] for i in items}
+    # a shape fact's prompt names the colour: one object of every class in it (knowing no fact) must not pass
+    shape_items = [i for i in items if i["knowledge"]["kind"] == "shape"]
+    assert shape_items
+    for item in shape_items:
+        color = item["spec"]["include"][0]["color"]
+        hedge = Scene(objects=[Obj.at_cell(c, color, 2 * (k % 4), 2 * (k // 4)) for k, c in enumerate(vocab.CLASSES)])
+        assert not geneval_correct(hedge, item["spec"]), item["Prompt"]
 
 
 def test_wise_facts_use_vocabulary_answers():

@@ -657,7 +657,9 @@ def _wise_item(fact: Fact, rng: np.random.Generator) -> tuple[str, dict, str]:
     elif fact.kind == "shape":
         color = _COLORS[int(rng.integers(len(_COLORS)))]
         prompt = template.format(color=with_article(color), phrase=fact.phrase)
-        spec = _colors(fact.answer, color)
+        # the prompt names the colour, not the class: without the excludes, one object of every class would pass
+        spec = {**_colors(fact.answer, color), "exclude": [{"class": c, "count": 1} for c in _CLASSES
+                                                           if c != fact.answer]}
     else:
         a, b = rng.choice(len(_CLASSES), size=2, replace=False)
         a, b = _CLASSES[a], _CLASSES[b]
