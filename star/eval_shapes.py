@@ -468,6 +468,7 @@ def eval_vqa(pipe: Pipe, cfg: EvalConfig, resolution: int, log) -> tuple[dict, l
         "tasks": scores["families"], "task_counts": scores["counts"],
         "in_distribution": _split(ind["overall"], ind["n"]), "heldout": _split(held["overall"], held["n"]),
         "by_objects": by_objects,
+        "blind_baseline": _blind_baseline(rows),
         "counts": {"scenes": len(scenes), "questions": len(rows), "expected": len(rows), "present_before": present,
                    "generated": done, "found": len(answered), "scored": len(rows), "errors": len(runner.errors)},
         "errors": runner.errors, "scores": scores,
@@ -479,6 +480,12 @@ def eval_vqa(pipe: Pipe, cfg: EvalConfig, resolution: int, log) -> tuple[dict, l
                   "ok" if r["correct"] else "wrong") for r in table if r["family"] == fam][:GRID_SAMPLES]
         grid.append((fam, cells))
     return summary, grid
+
+
+def _blind_baseline(rows: list[dict]) -> dict:
+    """Accuracy of answering every question with its family's most common answer, without the image: chance level."""
+    blind = vqa.accuracy(rows, vqa.blind_answers(rows))
+    return {"overall": blind["overall"], "tasks": blind["families"]}
 
 
 def _load(path: Path) -> Image.Image:
@@ -685,6 +692,10 @@ def write_report(summary: dict, path: Path) -> Path:
         lines += [f"| {n} | {_fmt(b['overall'], suite)} | {b['n']} | "
                   + " | ".join(_fmt(b["tasks"][f], suite) if f in b["tasks"] else "—" for f in families) + " |"
                   for n, b in s["by_objects"].items()] + [""]
+    if "blind_baseline" in s:
+        b = s["blind_baseline"]
+        lines += [f"Blind baseline (each family's most common answer, no image): {_fmt(b['overall'], suite)} ("
+                  + ", ".join(f"{f} {_fmt(v, suite)}" for f, v in b["tasks"].items()) + ").", ""]
     if suite == "wise" and "answer_accuracy" in s["scores"]:
         lines += [f"Reasoning answers equal to the target prompt: {_fmt(s['scores']['answer_accuracy'], suite)} "
                   f"({s['scores']['answers_recorded']} answers recorded in answers.jsonl).", ""]

@@ -8,6 +8,7 @@ Tolerance: scores are compared exactly except sums of floats (1e-9); resumed ima
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -133,6 +134,11 @@ def test_suite_end_to_end_on_the_tiny_model(suite, tiny_model_dir, tmp_path, cap
         assert len(answers) == c["questions"] == c["scored"] and {a["scene_id"] for a in answers} == {0, 1}
         assert [a["id"] for a in answers] == sorted(a["id"] for a in answers)
         assert s["overall"] == sum(k for k, _ in s["task_counts"].values()) / c["questions"]
+        by_family = {}
+        for a in answers:                    # chance level: each family's most common answer, image unseen
+            by_family.setdefault(a["family"], []).append(a["answer"])
+        majority = sum(max(Counter(v).values()) for v in by_family.values()) / len(answers)
+        assert s["blind_baseline"]["overall"] == pytest.approx(majority)
         sizes = {a["objects"] for a in answers}
         assert sorted(s["by_objects"]) == sorted(map(str, sizes))
         for n, part in s["by_objects"].items():

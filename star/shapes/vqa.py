@@ -6,6 +6,8 @@ Data flow: questions (star.shapes.text.vqa_questions: {question, answer, family}
 
 from __future__ import annotations
 
+from collections import Counter
+
 import json
 import os
 import re
@@ -47,6 +49,16 @@ def accuracy(questions: list[dict], predictions: list) -> dict:
         "counts": counts,
         "n": total,
     }
+
+
+def blind_answers(questions: list[dict]) -> list[str]:
+    """The answer a model that never looks at the image would give: each family's most common answer (ties: the
+    first met). Scored with `accuracy`, it is the chance level of the question set."""
+    seen: dict[str, Counter] = {}
+    for q in questions:
+        seen.setdefault(q.get("family", "all"), Counter())[normalize(q["answer"])] += 1
+    common = {family: answers.most_common(1)[0][0] for family, answers in seen.items()}
+    return [common[q.get("family", "all")] for q in questions]
 
 
 def _read_jsonl(path: str | os.PathLike) -> list[dict]:
