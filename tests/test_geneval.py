@@ -279,7 +279,8 @@ def test_folder_round_trip(small_folder, tmp_path):
     (folder / "00001" / "samples" / "notes.png").write_bytes(b"x")  # not \d+\.png: ignored
     (folder / "scratch").mkdir()  # not all digits: ignored
     results, info = G.evaluate_folder(folder)
-    assert info == {"images_found": 6, "prompts_found": 3} and len(results) == 6
+    assert info == {"images_found": 6, "prompts_found": 3, "prompts_without_images": [],
+                    "files_ignored": [str(folder / "00001" / "samples" / "notes.png")]} and len(results) == 6
     assert [r["correct"] for r in results] == [True, True, True, True, True, False]
     G.write_results(results, tmp_path / "results.jsonl")
     assert G.read_results(tmp_path / "results.jsonl") == results
@@ -355,6 +356,22 @@ def test_score_command(small_folder, tmp_path, capsys):
     assert summary["overall"] == pytest.approx(2.5 / 3) and summary["tasks"]["position"] == 0.5
     assert len((out / "results.jsonl").read_text().splitlines()) == 6
     assert "Overall score" in capsys.readouterr().out
+    # names GenEval does not score, and a prompt folder left empty, are counted and reported, not silently lost
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    first, second = sorted(p for p in copy.iterdir() if p.name.isdigit())[:2]
+    sample = next((first / "samples").iterdir())
+    sample.rename(sample.with_suffix(".PNG"))
+    for image in (second / "samples").iterdir():
+        image.unlink()
+    assert star_main(["shapes", "score", "--suite", "geneval", "--images", str(copy), "--quiet"]) == 0
+    summary = json.loads((copy / "summary.json").read_text())
+    assert str(sample.with_suffix(".PNG")) in summary["files_ignored"]
+    assert summary["prompts_without_images"] == [str(second)]
+    err = capsys.readouterr().err
+    assert "files ignored" in err and "1 prompts without images" in err
     assert star_main(["shapes", "score", "--suite", "geneval", "--images", str(tmp_path / "nope")]) == 2
     assert "not found" in capsys.readouterr().err
     assert star_main(["shapes", "score", "--suite", "imgedit", "--images", str(folder)]) == 2

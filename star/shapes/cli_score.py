@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 
@@ -56,6 +57,11 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
         results, info = geneval.evaluate_folder(args.images, options=options, workers=args.workers)
         summary = geneval.summary_scores(results, images_found=info["images_found"])
+        for key in ("files_ignored", "prompts_without_images"):     # counted and reported, as GenEval skips them
+            summary[key] = info[key]
+            if info[key]:
+                print(f"warning: {len(info[key])} {key.replace('_', ' ')} (first: {info[key][0]}); GenEval scores "
+                      f"only samples/<digits>.png", file=sys.stderr)
         summary["options"] = vars(options)
         summary["seconds"] = round(time.time() - t0, 3)
         out = args.out or args.images

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Callable, Iterable
 
 import numpy as np
@@ -311,6 +311,8 @@ class PromptFolder:
     metadata: dict
     images: list[str]
     """Paths of samples/<digits>.png, sorted."""
+    ignored: list[str] = field(default_factory=list)
+    """Other names in samples/ (GenEval skips them too; reported, not scored)."""
 
 
 def _check_metadata(meta, path: str) -> dict:
@@ -354,9 +356,11 @@ def scan_folder(imagedir: str | os.PathLike) -> list[PromptFolder]:
         sample_dir = os.path.join(folderpath, "samples")
         if not os.path.isdir(sample_dir):
             raise FileNotFoundError(f"missing samples folder: {sample_dir}")
-        images = [os.path.join(sample_dir, name) for name in sorted(os.listdir(sample_dir))
+        names = sorted(os.listdir(sample_dir))
+        images = [os.path.join(sample_dir, name) for name in names
                   if IMAGE_NAME.fullmatch(name) and os.path.isfile(os.path.join(sample_dir, name))]
-        folders.append(PromptFolder(path=folderpath, metadata=metadata, images=images))
+        ignored = [os.path.join(sample_dir, name) for name in names if os.path.join(sample_dir, name) not in images]
+        folders.append(PromptFolder(path=folderpath, metadata=metadata, images=images, ignored=ignored))
     if not folders:
         raise ValueError(f"no GenEval prompt folders (all-digit names holding metadata.jsonl) in {imagedir}")
     return folders
@@ -424,7 +428,8 @@ _WORKER_OPTIONS: GenEvalOptions | None = None
 
 def evaluate_folder(imagedir: str | os.PathLike, *, detector: Detector | None = None,
                     options: GenEvalOptions | None = None, workers: int = 1) -> tuple[list[dict], dict]:
-    """Score every samples/<n>.png of every prompt folder → (results rows, {"images_found", "prompts_found"}).
+    """Score every samples/<n>.png of every prompt folder → (results rows, {"images_found", "prompts_found",
+    "files_ignored": other names in samples/, "prompts_without_images": prompt folders with no image to score}).
 
     `workers` > 1 scores in that many processes (default detector only). Every image found yields one row.
     """
@@ -441,7 +446,9 @@ def evaluate_folder(imagedir: str | os.PathLike, *, detector: Detector | None = 
             results = pool.map(_score_one, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
     else:
         results = [evaluate_image(path, meta, detector=detector, options=options) for path, meta in jobs]
-    return results, {"images_found": len(jobs), "prompts_found": len(folders)}
+    return results, {"images_found": len(jobs), "prompts_found": len(folders),
+                     "files_ignored": [p for f in folders for p in f.ignored],
+                     "prompts_without_images": [f.path for f in folders if not f.images]}
 
 
 def _task_table(results: list[dict]) -> tuple[dict, float | None]:
