@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except (ValueError, OSError, KeyError) as exc:  # user errors (bad values, paths): one clear line, no traceback
-        print(f"star {path}: error: {exc}", file=sys.stderr)
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc   # str(KeyError) adds quotes
+        print(f"star {path}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -556,6 +556,13 @@ def test_star_train_command_line(tmp_path, capsys):
     assert [c.split()[5] for c in runs] == ["generation", "editing"]
     config = json.loads((tmp_path / "r" / "configs" / "generation.json").read_text())
     assert config["stage_options"]["stack_layers"] == 14 and config["parallel"] == "fsdp"
+    assert main(["train", "--recipe", "star-7b", "--out", str(tmp_path / "r"), "--dry-run", "--only", "editing"]) == 0
+    assert [c.split()[5] for c in capsys.readouterr().out.splitlines() if c.startswith("torchrun")] == ["editing"]
+    assert main(["train", "--recipe", "star-7b", "--out", str(tmp_path / "r"), "--dry-run", "--only", "nope"]) == 2
+    assert "error: recipe 'star-7b' has no stage 'nope'" in capsys.readouterr().err
+    assert main(["train", "--recipe", "shapes", "--out", str(tmp_path / "s"), "--set", "generation.nope=3",
+                 "--print-config"]) == 2
+    assert "error: --set generation.nope: unknown key 'nope'" in capsys.readouterr().err
     assert main(["train", "--recipe", "shapes", "--out", str(tmp_path / "s"), "--set", "generation.steps=5",
                  "--set", "data.t2i.t2i=99", "--print-config"]) == 0
     recipe = json.loads(capsys.readouterr().out)

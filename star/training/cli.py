@@ -159,7 +159,7 @@ def _run_recipe(args: argparse.Namespace) -> int:
         print(json.dumps(recipe.to_dict(), indent=2))
         return 0
     if args.dry_run:
-        for command in dry_run(recipe):
+        for command in dry_run(recipe, args.only):
             print(command)
         return 0
     run_recipe(recipe, resume=args.resume, only=args.only, time_budget_min=args.time_budget)

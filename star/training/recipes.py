@@ -463,7 +463,14 @@ def apply_recipe_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
                 raise KeyError(f"--set {key}: {head!r} is not a stage of recipe {recipe.name!r} "
                                f"({[s.key for s in stages]}), nor all / data / base / vq")
             for i in targets:
-                stages[i] = stages[i]._replace(config=apply_overrides(stages[i].config, [f"{rest}={text}"]))
+                try:
+                    config = apply_overrides(stages[i].config, [f"{rest}={text}"])
+                except (KeyError, ValueError) as exc:       # name the stage the key was meant for
+                    message = exc.args[0] if exc.args else str(exc)
+                    named = (message.replace(f"--set {rest}", f"--set {key}", 1) if f"--set {rest}" in message
+                             else f"--set {key}: {message}")
+                    raise type(exc)(named) from exc
+                stages[i] = stages[i]._replace(config=config)
     recipe.stages = stages
     return recipe
 
@@ -617,10 +624,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, only: Collection[str] | 
     from star.training.tokenize import tokenize_dataset
     from star.training.trainer import train
 
-    names = [s.key for s in recipe.stages]
-    unknown = sorted(set(only or ()) - set(names))
-    if unknown:
-        raise ValueError(f"recipe {recipe.name!r} has no stage {unknown[0]!r}; its stages are {names}")
+    check_only(recipe, only)
     out = Path(recipe.out)
     record = out / "recipe.json"
     if record.is_file() and not resume:
@@ -745,8 +749,18 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, only: Collection[str] | 
     return model
 
 
-def dry_run(recipe: Recipe) -> list[str]:
-    """Write OUT/configs/<entry>.json and return the commands that run each stage by hand (e.g. under torchrun)."""
+def check_only(recipe: Recipe, only: Collection[str] | None) -> None:
+    """Refuse stage names (`--only`) the recipe does not have."""
+    names = [s.key for s in recipe.stages]
+    unknown = sorted(set(only or ()) - set(names))
+    if unknown:
+        raise ValueError(f"recipe {recipe.name!r} has no stage {unknown[0]!r}; its stages are {names}")
+
+
+def dry_run(recipe: Recipe, only: Collection[str] | None = None) -> list[str]:
+    """Write OUT/configs/<entry>.json and return the commands that run each stage by hand (e.g. under torchrun);
+    with `only`, the commands of those stages alone."""
+    check_only(recipe, only)
     out = Path(recipe.out)
     (out / "configs").mkdir(parents=True, exist_ok=True)
     commands = []
@@ -757,6 +771,8 @@ def dry_run(recipe: Recipe) -> list[str]:
         if data not in recipe.datasets:
             commands.append(f"star tokenize --data {out / 'data' / data} --vq {out / 'vq'}")
     for entry in recipe.stages:
+        if only and entry.key not in only:
+            continue
         path = out / "configs" / f"{entry.key}.json"
         atomic_write(path, json.dumps(to_dict(entry.config), indent=2) + "\n")
         launcher = "torchrun --nproc_per_node 8 -m star.training.cli" if entry.config.parallel == "fsdp" \
