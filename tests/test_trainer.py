@@ -439,5 +439,7 @@ def test_config_overrides_are_typed_and_validated():
         apply_overrides(TrainConfig(), ["optim.lr=fast"])
     with pytest.raises(ValueError, match="grad_accum"):
         TrainConfig(batch_size=10, grad_accum=4)
+    with pytest.raises(ValueError, match="collective_timeout_min must be > 0"):
+        TrainConfig(collective_timeout_min=0)
     with pytest.raises(ValueError, match="world_size=3"):
         TrainConfig(batch_size=8).micro_batch_size(3)

@@ -87,6 +87,9 @@ class TrainConfig:
     """'fsdp' (FSDP2 fully_shard on the trainable modules), 'ddp', 'none'; 'auto' = fsdp when WORLD_SIZE > 1."""
     activation_checkpointing: bool = False
     """Recompute the trainable modules' blocks in backward instead of storing their activations."""
+    collective_timeout_min: float = 30.0
+    """Under torchrun: how long a collective may wait (torch's default is 10 min for NCCL), e.g. the other ranks at
+    the barrier while rank 0 writes a 7B export."""
     checkpoint_every: int = 500
     """Save a checkpoint every this many steps (and always at the last step); 0 = only at the last step."""
     keep_checkpoints: int = 2
@@ -122,6 +125,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0 = only at the end), got {self.checkpoint_every}")
+        if not self.collective_timeout_min > 0:
+            raise ValueError(f"collective_timeout_min must be > 0, got {self.collective_timeout_min}")
         if self.time_budget_s < 0:
             raise ValueError(f"time_budget_s must be >= 0 (0 = no limit), got {self.time_budget_s}")
         if self.snapshot_every < 0:

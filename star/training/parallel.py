@@ -12,6 +12,7 @@ Model code stays single-device; this module applies parallelism from outside (to
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from collections.abc import Iterator
 from dataclasses import dataclass
 from contextlib import nullcontext
@@ -71,7 +72,8 @@ def setup(config: TrainConfig) -> Dist:
     if (world_size > 1 or launched) and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size, **kwargs)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
+                                timeout=timedelta(minutes=config.collective_timeout_min), **kwargs)
         return Dist(rank=rank, world_size=world_size, local_rank=local_rank, device=device, owns_group=True)
     return Dist(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 

@@ -31,6 +31,7 @@ from star.training.stages import Stage
 _RESUME_FREE = {
     "out_dir", "resume", "progress", "log_every", "checkpoint_every", "keep_checkpoints", "export", "snapshot_every",
     "parallel", "device", "activation_checkpointing", "grad_accum", "max_consecutive_nonfinite", "time_budget_s",
+    "collective_timeout_min",
 }
 
 def cpu_has_bf16() -> bool:
