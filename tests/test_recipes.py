@@ -79,15 +79,22 @@ def test_shapes_quick_recipe_end_to_end(tmp_path):
 
     # --resume: completed stages are skipped; an interrupted stage continues from its checkpoint
     weights = load_file(str(out / "model" / "model.safetensors"))
-    for stage in ("generation", "editing"):
+    total = {}
+    for stage in ("generation", "editing"):      # as if killed after the first checkpoint: the rest must retrain
         (out / stage / "DONE").unlink()
         shutil.rmtree(out / stage / "export")
+        checkpoints = sorted((out / stage / "checkpoints").glob("step_*"))
+        assert len(checkpoints) >= 2, checkpoints
+        total[stage] = int(checkpoints[-1].name.removeprefix("step_"))
+        for later in checkpoints[1:]:
+            shutil.rmtree(later)
     assert main(["train", "--recipe", "shapes-quick", "--out", str(out)]) == 2           # refuses without --resume
     assert main(["train", "--recipe", "shapes-quick", "--out", str(out), "--resume"]) == 0
     again = load_file(str(out / "model" / "model.safetensors"))
     assert weights.keys() == again.keys() and all(torch.equal(weights[k], again[k]) for k in weights)
-    steps = [r["step"] for r in read_log(out / "generation" / "log.jsonl")]
-    assert steps == sorted(set(steps)), "each step logged once"
+    for stage, n in total.items():
+        assert [r["step"] for r in read_log(out / stage / "log.jsonl")] == list(range(1, n + 1)), \
+            f"{stage}: each step logged once, the retrained ones included"
 
 
 def test_wise_reasoning_records_beyond_the_distinct_prompt_supply():
