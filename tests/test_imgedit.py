@@ -12,7 +12,6 @@ import pytest
 from PIL import Image
 
 from star.cli import main as star_main
-from star.shapes import vocab
 from star.shapes import imgedit as IE
 from star.shapes.cli_prompts import build
 from star.shapes.edits import EDIT_TYPES, EditItem, random_edit, render_on, render_source, render_target
@@ -134,6 +133,15 @@ def test_style_and_action_name_preservation_second():
     assert preservation < quality
     assert r["scores"] == {"Style Fidelity": s1, "Content Preservation": min(preservation, s1),
                            "Rendering Quality": min(quality, s1)}
+    # action: moved right but grown a size band, so its identity is only partly kept
+    t = Scene(objects=[Obj.at_cell("circle", "red", 2, 0), s.objects[1]])
+    move = item_of("action", s, t, {"op": "action", "action": "move", "index": 0})
+    grown = Scene(objects=[replace(t.objects[0], size=0.3375), s.objects[1]])
+    r = IE.score_item(move, render(grown))
+    s1, quality, identity = r["metrics"]["raw_scores"]
+    assert identity < quality and s1 >= identity, r
+    assert r["scores"] == {"Action Fidelity": s1, "Identity Preservation": min(identity, s1),
+                           "Visual & Anatomical Coherence": min(quality, s1)}
 
 
 def test_compose_with_one_op_done_scores_two():
@@ -225,4 +233,3 @@ def test_score_folder_and_command(tmp_path, capsys):
 
 def test_vocab_has_the_nine_types():
     assert set(IE.SUBSCORE_NAMES) == set(EDIT_TYPES) == set(IE.EDIT_TYPES) and len(EDIT_TYPES) == 9
-    assert vocab.BACKGROUNDS  # the scorer's background names come from the vocabulary

@@ -94,9 +94,11 @@ def test_shipped_shapes_tokenizer_round_trips_scenes(tmp_path):
     assert main(["eval", "vq", "--out", str(tmp_path), "--n", "32", "--geneval-per-tag", "4", "--images-per-prompt",
                  "2", "--imgedit-items", "27", "--threads", "1"]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["roundtrip_oracle"] == 1.0 and summary["psnr"] > 45, summary
-    assert summary["roundtrip"] >= 0.8, summary
-    assert all(v["oracle"] == 1.0 and v["ratio"] >= 0.75 for v in summary["geneval"].values()), summary["geneval"]
+    # measured 55.1 dB, round trip 1.0 and every ratio 1.0; the margins allow another CPU's rounding, not a worse
+    # tokenizer (the first shipped one, 47.7 dB and 0.84, fails them)
+    assert summary["roundtrip_oracle"] == 1.0 and summary["psnr"] > 52, summary
+    assert summary["roundtrip"] >= 0.95, summary
+    assert all(v["oracle"] == 1.0 and v["ratio"] >= 0.95 for v in summary["geneval"].values()), summary["geneval"]
     ceiling = summary["imgedit"]
     assert ceiling["items"] == 27 and len(ceiling["tasks"]) == 9, ceiling
     assert all(ceiling["tasks"][t] >= 4.0 for t in ("add", "remove", "replace", "background")), ceiling
