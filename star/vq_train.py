@@ -39,6 +39,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
 from star.image_data import open_image_dataset, tensor_to_uint8
+from star.io import atomic_write
+from star.training.runlog import RunLog
 from star.vq import PRESETS, VQConfig, VQModel, kmeans_codebook, load_vq, nearest_codes, preset, save_folder
 
 
@@ -660,6 +662,9 @@ def train(cfg: VQTrainConfig) -> dict[str, Any]:
     # Resume
     start_step, elapsed_before = 0, 0.0
     ckpt_path = out / "checkpoint.pt"
+    if ckpt_path.is_file() and not cfg.resume:
+        raise ValueError(f"{out} already holds a run ({ckpt_path}); pass --resume to continue it, or choose another "
+                         f"--out")
     if cfg.resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ckpt["vq_config"] != vq_cfg.to_dict():
@@ -679,8 +684,9 @@ def train(cfg: VQTrainConfig) -> dict[str, Any]:
     elif cfg.resume and env.main:
         print(f"--resume: no {ckpt_path} yet, starting from scratch")
     if env.main:
-        (out / "config.json").write_text(json.dumps(vq_cfg.to_dict(), indent=2))
-        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        RunLog(out / "log.jsonl", True, keep_until=start_step if start_step else None).close()  # drop lines past it
+        atomic_write(out / "config.json", json.dumps(vq_cfg.to_dict(), indent=2))
+        atomic_write(out / "train_config.json", json.dumps(asdict(cfg), indent=2))
         print(f"VQ {n_params:,} params | codebook {vq_cfg.codebook_size} x {vq_cfg.code_dim} | {resolution}px -> "
               f"{resolution // vq_cfg.downsample}^2 codes | {parallel} x{env.world} on {env.device} | out {out}")
         if frozen:
@@ -718,11 +724,11 @@ def train(cfg: VQTrainConfig) -> dict[str, Any]:
         extra = {}
         if disc is not None:
             extra = {"disc": full_model_state(disc, fsdp), "disc_optimizer": full_optim_state(disc, disc_opt, fsdp)}
-        if env.main:
+        if env.main:      # model/ first: a kill between the two then leaves the checkpoint behind, and resume redoes it
+            save_folder(out / "model", vq_cfg, state)
             atomic_torch_save({"step": step, "elapsed": elapsed, "model": state, "optimizer": ostate,
                                "usage_counts": unwrap(model).quantize.usage_counts.cpu(),
                                "vq_config": vq_cfg.to_dict(), "train_config": asdict(cfg), **extra}, ckpt_path)
-            save_folder(out / "model", vq_cfg, state)
         if env.world > 1:
             dist.barrier()
 

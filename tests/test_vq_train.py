@@ -106,6 +106,15 @@ def test_train_writes_run_folder_and_resumes_exactly(image_dir, tiny_config, tmp
     train(run_cfg(split, image_dir, tiny_config, steps=4, resume=True, **crops))
     a, b = weights(tmp_path / "crops"), weights(split)
     assert all(torch.equal(a[k], b[k]) for k in a), "a resumed run must end bit-identical to an uninterrupted one"
+    # a killed run's log lines past its checkpoint are dropped on resume (not doubled); a fresh run never
+    # overwrites a folder holding a checkpoint
+    assert [m["step"] for m in map(json.loads, (split / "log.jsonl").read_text().splitlines())] == [1, 2, 3, 4]
+    ckpt = torch.load(split / "checkpoint.pt", weights_only=False)
+    torch.save({**ckpt, "step": 2}, split / "checkpoint.pt")                  # as if killed after logging step 4
+    train(run_cfg(split, image_dir, tiny_config, steps=4, resume=True, **crops))
+    assert [m["step"] for m in map(json.loads, (split / "log.jsonl").read_text().splitlines())] == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="already holds a run.*--resume"):
+        train(run_cfg(split, image_dir, tiny_config, steps=4, **crops))
 
 
 def test_autoencoder_warmup_then_kmeans_codebook_and_exact_resume(image_dir, tiny_config, tmp_path):
