@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -151,15 +150,16 @@ def main() -> int:
                              f"{run / need} is missing")
     if args.continued and not args.name:
         raise SystemExit("--continued needs --name (its folder under training/)")
+    from star.io import recover_dir, replace_dir
+
+    recover_dir(out)                    # a swap killed mid-way left the shipped folder as OUT.old: put it back first
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     if args.continued:
         build_continued(run, Path(args.shipped), tmp, args.name, sampling, edit_sampling)
     else:
         build(run, tmp, sampling, edit_sampling)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    replace_dir(tmp, out)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"shipped {run} -> {out} ({size / 1e6:.1f} MB)")
     return 0

@@ -1,8 +1,10 @@
-"""Atomic file writes: every file the project writes appears whole or not at all (temp file + os.replace)."""
+"""Atomic writes: every file the project writes appears whole or not at all (temp file + os.replace), and a folder
+is replaced by renames only (`replace_dir`), so a kill at any moment leaves a complete copy under a known name."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -28,3 +30,25 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write bytes, or text as UTF-8, to `path` atomically."""
     raw = data.encode() if isinstance(data, str) else data
     return atomic_save(path, lambda tmp: Path(tmp).write_bytes(raw))
+
+
+def recover_dir(final: str | os.PathLike) -> None:
+    """Put back `final` from `final.old` when a `replace_dir` was killed between its two renames."""
+    final = Path(final)
+    old = final.with_name(final.name + ".old")
+    if old.exists() and not final.exists():
+        os.replace(old, final)
+
+
+def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Move the complete folder `tmp` to `final`, replacing it: final -> final.old, tmp -> final, then delete
+    final.old. Killed at any moment, this leaves a complete `final`, or `final.old` that `recover_dir` restores."""
+    tmp, final = Path(tmp), Path(final)
+    old = final.with_name(final.name + ".old")
+    recover_dir(final)
+    if old.exists():                                   # a finished swap's leftover
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)

@@ -180,3 +180,38 @@ def test_load_image_errors_name_the_file(tmp_path):
         load_image(tmp_path / "bad.png")
     image(1).convert("L").save(tmp_path / "gray.png")
     assert load_image(tmp_path / "gray.png").mode == "RGB"
+
+
+def test_replace_dir_leaves_a_complete_folder_whenever_it_is_killed(tmp_path, monkeypatch):
+    import os
+
+    from star.io import recover_dir, replace_dir
+
+    def folder(name: str, text: str):
+        path = tmp_path / name
+        path.mkdir()
+        (path / "weights").write_text(text)
+        return path
+
+    final = folder("model", "old")
+    replace_dir(folder("model.tmp", "new"), final)
+    assert (final / "weights").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+    # killed between the two renames: the old folder waits as model.old, and recover_dir puts it back
+    real_replace, calls = os.replace, []
+
+    def killed_on_second(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        replace_dir(folder("model.tmp2", "newer"), final)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert not final.exists() and (tmp_path / "model.old" / "weights").read_text() == "new"
+    recover_dir(final)
+    assert (final / "weights").read_text() == "new" and not (tmp_path / "model.old").exists()
+    replace_dir(tmp_path / "model.tmp2", final)                            # and the next swap completes
+    assert (final / "weights").read_text() == "newer"

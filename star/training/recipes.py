@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -37,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from star.io import atomic_write
+from star.io import atomic_write, replace_dir
 from star.training.config import TrainConfig, apply_overrides, from_dict, to_dict
 
 DONE = "DONE"
@@ -516,9 +515,7 @@ def _atomic_dir(final: Path, build: Callable[[Path], Any]) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     build(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    replace_dir(tmp, final)
 
 
 def build_base(spec: TinyBaseSpec, out: Path, log: Callable[[str], None]) -> None:

@@ -8,7 +8,6 @@ The same code runs as one CPU process and under torchrun on many GPUs; what diff
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import time
 from contextlib import nullcontext
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from star.io import replace_dir
 from star.training import checkpointing, parallel
 from star.training.budget import TimeBudget, with_steps
 from star.training.config import TrainConfig, to_dict
@@ -247,9 +247,7 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
         if env.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             stage.export(plain, tmp)
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
+            replace_dir(tmp, path)
         parallel.barrier(env)
 
     # -----------------------------------------------------------------------------
