@@ -567,9 +567,11 @@ def eval_wise(pipe: Pipe, cfg: EvalConfig, log) -> tuple[dict, list[tuple]]:
                 vqa.normalize(row["answer"]) == vqa.normalize(row["target"]))
         rows.append(row)
     write_jsonl(cfg.out / "scores.jsonl", rows)
-    if cfg.reasoning:
-        write_jsonl(answers_path, [{"prompt_id": r["prompt_id"], "Prompt": r["Prompt"], "answer": r["answer"],
-                                    "target": r["target"]} for r in rows if r["answer"] is not None])
+    if cfg.reasoning:      # final form, sorted; answers of prompts outside this --limit stay with their images
+        kept = {a["prompt_id"]: a for a in _read_jsonl(answers_path) if a.get("answer") is not None}
+        kept.update({r["prompt_id"]: {"prompt_id": r["prompt_id"], "Prompt": r["Prompt"], "answer": r["answer"],
+                                      "target": r["target"]} for r in rows if r["answer"] is not None})
+        write_jsonl(answers_path, [kept[p] for p in sorted(kept)])
     block = _wise_block(rows)
     ind, held = _wise_block([r for r in rows if not r["heldout"]]), _wise_block([r for r in rows if r["heldout"]])
     unreadable = [{"filename": str(path(r["prompt_id"]).relative_to(cfg.out)), "reason": r["reason"]}

@@ -74,6 +74,10 @@ def test_oracle_pipeline_reaches_the_ceiling_through_the_same_code(tmp_path):
     s = evaluate(pipe, EvalConfig(suite="wise", out=tmp_path / "w", limit=1, reasoning=True), **QUIET)
     assert s["overall"] == pytest.approx(1.0) and len(s["tasks"]) == 6
     assert s["scores"]["answer_accuracy"] == 1.0, "the oracle's reasoning answer is the target prompt"
+    evaluate(pipe, EvalConfig(suite="wise", out=tmp_path / "w2", limit=2, reasoning=True), **QUIET)
+    first = _rows(tmp_path / "w2" / "answers.jsonl")
+    evaluate(pipe, EvalConfig(suite="wise", out=tmp_path / "w2", limit=1, reasoning=True), **QUIET)
+    assert _rows(tmp_path / "w2" / "answers.jsonl") == first, "a smaller --limit keeps the other images' answers"
     s = evaluate(pipe, EvalConfig(suite="vqa", out=tmp_path / "v", limit=3), **QUIET)
     assert s["overall"] == 1.0 and s["counts"]["questions"] == s["counts"]["scored"] > 10
 

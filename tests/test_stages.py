@@ -340,6 +340,9 @@ def test_streams_restart_exactly_at_any_position(tmp_path, tiny_base_dir, star_v
     first_epoch = [j for k, j in picks if k == 0][:7]
     assert sorted(first_epoch) == list(range(7)), "each epoch visits every record once"
     assert picks == [Mixture([7, 3], [0.75, 0.25], seed=1, cycle=4).locate(i) for i in range(40)]
+    for bad in (float("nan"), float("inf"), 0.0):               # nan/inf would never fill a cycle: refused
+        with pytest.raises(ValueError, match="finite"):
+            Mixture([7, 3], [1.0, bad], seed=1)
 
 
 def test_editing_batches_carry_both_image_views_and_mix_t2i(tmp_path, tiny_base_dir, star_vq_dir, dataset):

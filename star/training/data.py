@@ -13,6 +13,7 @@ turn order) uses `sample_rng(seed, i, salt)`.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -42,8 +43,8 @@ class Source:
     def __post_init__(self):
         if not self.path:
             raise ValueError("a data source needs a path")
-        if self.weight <= 0:
-            raise ValueError(f"data source {self.path}: weight must be > 0, got {self.weight}")
+        if not 0 < self.weight < math.inf:                  # nan and inf too: they would hang the mixture
+            raise ValueError(f"data source {self.path}: weight must be > 0 and finite, got {self.weight}")
         for k in self.kinds or ():
             if k not in KINDS:
                 raise ValueError(f"data source {self.path}: unknown kind {k!r}; kinds are {tuple(KINDS)}")
@@ -124,6 +125,8 @@ class Mixture:
             raise ValueError("Mixture needs one weight per source and at least one source")
         if any(n <= 0 for n in sizes):
             raise ValueError(f"every mixture source needs records, got sizes {sizes}")
+        if not all(0 < w < math.inf for w in weights):
+            raise ValueError(f"mixture weights must be > 0 and finite, got {weights}")
         self.sizes, self.seed = list(sizes), seed
         w = np.asarray(weights, dtype=np.float64)
         share = w / w.sum() * cycle
