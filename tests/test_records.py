@@ -172,6 +172,21 @@ def test_bad_records_are_skipped_and_counted(tmp_path):
         load_image(truncated[0]["image"])
 
 
+def test_bad_bytes_and_lost_lines_are_counted(tmp_path):
+    root = tmp_path / "ds"
+    write_sample(root, shard_size=100)
+    n = json.loads((root / MANIFEST).read_text())["num_records"]
+    shard = root / "shard-00000.jsonl"
+    lines = shard.read_bytes().splitlines(keepends=True)
+    lines[0] = lines[0].replace(b'"text": "', b'"text": "\xff\xfe', 1)      # invalid UTF-8 in one record
+    shard.write_bytes(b"".join(lines[:-2]))                                   # and the last two lines lost
+    reader = read_records(root)
+    with pytest.warns(RuntimeWarning, match="skipped 3"):
+        records = list(reader)
+    assert len(records) == n - 3
+    assert reader.stats.skipped == {"bad_encoding": 1, "missing_records": 2}
+
+
 def test_load_image_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="absent.png"):
         load_image(tmp_path / "absent.png")

@@ -54,7 +54,7 @@ KINDS: dict[str, dict[str, str]] = {
 OPTIONAL_FIELDS = ("meta",)
 
 SKIP_REASONS = ("malformed_json", "unknown_kind", "missing_field", "empty_text", "missing_file", "corrupt_image",
-                "bad_meta", "missing_shard")
+                "bad_meta", "missing_shard", "bad_encoding", "missing_records")
 
 
 class ImageReadError(OSError, ValueError):
@@ -271,8 +271,8 @@ class ReadStats:
     def total_skipped(self) -> int:
         return sum(self.skipped.values())
 
-    def skip(self, reason: str, where: str, detail: str = "") -> None:
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+    def skip(self, reason: str, where: str, detail: str = "", count: int = 1) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + count
         if len(self.examples) < 5:
             self.examples.append(f"{where}: {reason}" + (f": {detail}" if detail else ""))
 
@@ -344,21 +344,25 @@ class RecordReader:
 
     def __iter__(self) -> Iterator[dict]:
         self.stats = stats = ReadStats()
+        listed = 0           # lines met that were records (counted under their own reason if skipped): vs manifest
         for shard in self.manifest["shards"]:
             spath = self.root / shard
             if not spath.is_file():
                 stats.skip("missing_shard", str(spath))
                 continue
-            with open(spath, encoding="utf-8", errors="replace") as f:
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
+            with open(spath, "rb") as f:
+                for n, raw in enumerate(f, 1):
+                    if not raw.strip():
                         continue
                     where = f"{shard}:{n}"
                     try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        stats.skip("malformed_json", where, str(exc))
+                        record = json.loads(raw.decode("utf-8"))
+                    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                        stats.skip("bad_encoding" if isinstance(exc, UnicodeDecodeError) else "malformed_json", where,
+                                   str(exc))
+                        listed += 1
                         continue
+                    listed += isinstance(record, dict) and record.get("kind") in KINDS
                     reason = validate_record(record)
                     if reason is not None:
                         stats.skip(reason, where)
@@ -371,6 +375,10 @@ class RecordReader:
                         continue
                     stats.read += 1
                     yield record
+        expected = self.manifest.get("num_records")
+        if isinstance(expected, int) and listed < expected:     # shards cut short since the manifest was written
+            stats.skip("missing_records", str(self.root), f"the manifest lists {expected}, the shards hold {listed}",
+                       count=expected - listed)
         if stats.total_skipped:
             warnings.warn(f"{self.root}: {stats.summary()}", RuntimeWarning, stacklevel=2)
 
