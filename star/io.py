@@ -10,14 +10,26 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 def atomic_save(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
-    """Call `write(tmp_path)` on a temp file beside `path`, then rename it into place; the parent is created."""
+    """Call `write(tmp_path)` on a temp file beside `path`, then rename it into place; the parent is created. Safe
+    against a killed process (the file is whole or absent), not against power loss (no fsync: checkpoints do
+    their own)."""
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)                 # mkstemp makes 0600; a written file gets the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -197,6 +197,15 @@ def test_load_image_errors_name_the_file(tmp_path):
     assert load_image(tmp_path / "gray.png").mode == "RGB"
 
 
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    from star.io import atomic_write
+
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    path = atomic_write(tmp_path / "weights.bin", b"x")
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777, "not mkstemp's 0600"
+
+
 def test_replace_dir_leaves_a_complete_folder_whenever_it_is_killed(tmp_path, monkeypatch):
     import os
 
