@@ -634,6 +634,27 @@ def test_generation_under_torchrun_fsdp_matches_one_process(tmp_path, tiny_base_
     assert (diffs > 1e-6).float().mean() <= 1e-3, (int((diffs > 1e-6).sum()), diffs.numel())
 
 
+def test_resume_warns_when_the_data_changed_since_the_checkpoint(tmp_path, tiny_base_dir, star_vq_dir, dataset,
+                                                                 capsys):
+    import shutil
+
+    from star.data.records import build_manifest
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    options = dict(base=str(tiny_base_dir), vq=str(star_vq_dir), data=str(data), stack_layers=2)
+    train(apply_overrides(stage_config("generation", tmp_path / "run", steps=2, export=False, **options),
+                          ["checkpoint_every=1"]), get_stage("generation"))
+    resumed = apply_overrides(stage_config("generation", tmp_path / "run", steps=3, export=False, **options),
+                              ["resume=true"])
+    shard = data / "shard-00000.jsonl"
+    shard.write_text("".join(shard.read_text().splitlines(keepends=True)[1:]))   # one record fewer
+    build_manifest(data)
+    capsys.readouterr()
+    train(resumed, get_stage("generation"))
+    assert "warning: the data changed since step_00000002" in capsys.readouterr().out
+
+
 def test_activation_checkpointing_also_recomputes_the_base_when_the_adapter_trains(tmp_path, tiny_base_dir,
                                                                                    star_vq_dir, dataset, capsys):
     import re

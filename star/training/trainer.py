@@ -175,6 +175,9 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
             ema.updates = state["ema_updates"]
         if state.get("budget_steps") is not None:                # a time budget fixed the run's length already
             config = with_steps(planned, state["budget_steps"])
+            if state["budget_steps"] != planned.steps:
+                _print0(env, f"the run's time budget fixed it at {state['budget_steps']} steps (of {planned.steps} "
+                             f"configured); the resume keeps them")
         if state["stage"] != stage.name:
             raise ValueError(f"{resume_from} was written by stage {state['stage']!r}, not {stage.name!r}")
         if state["frozen_sha256"] != frozen_sha:
@@ -220,6 +223,7 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
             **({"ema_updates": ema.updates} if ema is not None else {}),
             **budget.checkpoint_state(config.steps),
             **({"data_warnings": warning_totals()} if counts_warnings else {}),
+            **({"data_sizes": data_sizes} if data_sizes is not None else {}),
         }
         checkpointing.save(ckpt_root, step, model, optimizer, stage.frozen, trainer_state, env, config.keep_checkpoints,
                            extra=extra)
@@ -253,6 +257,11 @@ def _train(config: TrainConfig, stage: Stage, env: parallel.Dist) -> dict[str, A
     # -----------------------------------------------------------------------------
     # Data: this rank's micro-batches, from the position the checkpoint recorded
     stream = stage.batches(config, env.rank, env.world_size, position)
+    data_sizes = getattr(getattr(stream, "mixture", None), "sizes", None)     # records per source, if it mixes
+    if state is not None and data_sizes is not None and state.get("data_sizes") not in (None, data_sizes):
+        _print0(env, f"warning: the data changed since {resume_from.name}: records per source "
+                     f"{state['data_sizes']} then, {data_sizes} now; the resumed run does not continue the same "
+                     f"sample stream (restore the data for an exact resume)")
 
     # Data-warning counts run on across a resume: the checkpoint's totals plus what this process counted since its
     # stream was built (what building it counted, e.g. records skipped when indexing, is in both already)
