@@ -494,6 +494,11 @@ def test_tokenize_cli_refuses_no_kinds_and_an_unknown_device(tmp_path, dataset, 
     assert main(["tokenize", "--data", str(dataset), "--vq", str(star_vq_dir), "--device", "nodev",
                  "--no-progress"]) == 2
     assert "device 'nodev' is not a torch device" in capsys.readouterr().err
+    # records the reader skipped (a missing image, empty texts) are named on the summary line, not only in codes.json
+    bad = corrupt(dataset, tmp_path / "bad")
+    assert main(["tokenize", "--data", str(bad), "--vq", str(star_vq_dir), "--no-progress"]) == 0
+    line = capsys.readouterr().out
+    assert "skipped 1 images (corrupt_image=1); skipped 3 records (missing_file=1, empty_text=2)" in line, line
 
 
 # -----------------------------------------------------------------------------

@@ -618,7 +618,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, only: Collection[str] | 
     as its TrainConfig.time_budget_s (the trainer shortens its steps to fit). A budget as long as the recipe's
     reference time, on the machine it was sized on, keeps nearly every step (the trainer's 3 % margin aside)."""
     from star.training.stages import get_stage
-    from star.training.tokenize import tokenize_dataset
+    from star.training.tokenize import skip_note, tokenize_dataset
     from star.training.trainer import train
 
     check_only(recipe, only)
@@ -692,7 +692,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, only: Collection[str] | 
             if spec.tokenize and codes:
                 t0 = time.perf_counter()
                 summary = tokenize_dataset(out / "data" / data, vq_dir, progress=False)
-                log(f"tokenize {data}: {summary['status']}, {summary['images']} images "
+                log(f"tokenize {data}: {summary['status']}, {summary['images']} images{skip_note(summary)} "
                     f"({time.perf_counter() - t0:.0f}s)")
 
     todo = [entry for entry in recipe.stages if skipped(entry) is None]

@@ -222,7 +222,7 @@ def tokenize_dataset(data_dir: str | os.PathLike, vq_spec: str | os.PathLike | N
                                  f"--overwrite to replace them with codes of {fingerprint['source']}")
         elif set(images) <= set(index["images"]) | set(index.get("unreadable", [])) and not overwrite:
             return {"data": str(root), "status": "up to date", "images": len(index["images"]),
-                    "skipped": index.get("skipped", {})}
+                    "skipped": index.get("skipped", {}), "reader_skipped": reader_skipped}
 
     from star.commands import parse_device
 
@@ -280,6 +280,16 @@ def tokenize_dataset(data_dir: str | os.PathLike, vq_spec: str | os.PathLike | N
 # CLI
 
 
+def skip_note(summary: dict) -> str:
+    """"; skipped ..." for images the tokenizer could not read and records the reader skipped, or ""."""
+    parts = []
+    for key, what in (("skipped", "images"), ("reader_skipped", "records")):
+        counts = summary.get(key) or {}
+        if counts:
+            parts.append(f"skipped {sum(counts.values())} {what} ({', '.join(f'{k}={v}' for k, v in counts.items())})")
+    return "".join(f"; {p}" for p in parts)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="star-records dataset folder (e.g. from `star shapes dataset`)")
     parser.add_argument("--vq", default=None, help="VQ folder or upstream VQ-Model.pt; omit (or 'none') for the "
@@ -304,8 +314,5 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     summary = tokenize_dataset(args.data, args.vq, kinds=kinds, batch_size=args.batch_size, device=args.device,
                                overwrite=args.overwrite, progress=not args.no_progress)
-    skipped = summary.get("skipped") or {}
-    note = f"; skipped {sum(skipped.values())} images ({', '.join(f'{k}={v}' for k, v in skipped.items())})" \
-        if skipped else ""
-    print(f"{summary['data']}: {summary['status']}, {summary['images']} images{note}")
+    print(f"{summary['data']}: {summary['status']}, {summary['images']} images{skip_note(summary)}")
     return 0
