@@ -109,10 +109,13 @@ def test_overwrite(tmp_path):
     write_sample(root)
     with pytest.raises(FileExistsError):
         RecordWriter(root)
+    (root / "codes.json").write_text("{}")                     # codes of the images about to be replaced
+    (root / "codes.safetensors").write_bytes(b"")
     with RecordWriter(root, overwrite=True) as w:
         w.add({"kind": "text_qa", "question": "q?", "answer": "a"})
     assert [r["kind"] for r in read_records(root)] == ["text_qa"]
     assert not (root / "shard-00001.jsonl").exists() and not list((root / "images").iterdir())
+    assert not (root / "codes.json").exists() and not (root / "codes.safetensors").exists(), "stale codes go too"
 
 
 def test_writer_rejects_bad_records(tmp_path):

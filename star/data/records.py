@@ -122,6 +122,8 @@ class RecordWriter:
                                       f"(--overwrite) to replace it")
             manifest.unlink()  # first, so a crash from here on leaves no manifest pointing at mixed shards
             shutil.rmtree(self.root / IMAGE_DIR, ignore_errors=True)
+            for stale in ("codes.json", "codes.safetensors"):    # `star tokenize`'s codes of the old images
+                (self.root / stale).unlink(missing_ok=True)
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / IMAGE_DIR).mkdir(exist_ok=True)
         for p in self.root.iterdir():  # shards of an earlier, incomplete or replaced write
