@@ -394,3 +394,11 @@ def test_vqa_normalisation_and_accuracy(tmp_path):
                                               for i, a in enumerate(["2", "red", "yes"])))
     with pytest.raises(ValueError, match="no prediction"):
         vqa.score_files(tmp_path / "q.jsonl", tmp_path / "p.jsonl")
+    # predictions are matched by id, whatever their order; the command scores the same files
+    shuffled = [(3, "0"), (1, "Red."), (0, "2"), (2, "no")]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"id": i, "answer": a}) + "\n" for i, a in shuffled))
+    scored = vqa.score_files(tmp_path / "q.jsonl", tmp_path / "p.jsonl")
+    assert scored["overall"] == 0.75 and scored["families"] == {"count": 1.0, "color": 1.0, "relation": 0.0}
+    assert star_main(["shapes", "score", "--suite", "vqa", "--items", str(tmp_path / "q.jsonl"), "--predictions",
+                      str(tmp_path / "p.jsonl"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["overall"] == 0.75

@@ -237,11 +237,15 @@ def test_cli_generate_edit_understand(make_star, tmp_path, capsys, monkeypatch):
     common = ["--model", str(folder), "--device", "cpu"]
     assert cli_main(["generate", "a red cube", "-o", str(tmp_path / "g.png"), "--seed", "1", "--top-k", "8",
                      "--temperature", "0.7", "--guidance-scale", "2", "--num-images", "2", *common]) == 0
-    assert Image.open(tmp_path / "g_1.png").size == (16, 16)
+    pipe = STARPipeline.from_pretrained(folder, device="cpu")
+    want = pipe.text_to_image("a red cube", seed=1, top_k=8, temperature=0.7, guidance_scale=2, num_images=2).images
+    for i, image in enumerate(want):                            # the flags reach the pipeline, the files are its images
+        assert np.array_equal(np.asarray(Image.open(tmp_path / f"g_{i}.png")), np.asarray(image))
     rgb(0).save(tmp_path / "src.png")
     assert cli_main(["edit", str(tmp_path / "src.png"), "make the cube blue", "-o", str(tmp_path / "e.png"),
-                     *common]) == 0
-    assert Image.open(tmp_path / "e.png").mode == "RGB"
+                     "--seed", "3", *common]) == 0
+    edited = pipe.edit(Image.open(tmp_path / "src.png"), "make the cube blue", seed=3).images[0]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "e.png")), np.asarray(edited))
     capsys.readouterr()
     assert cli_main(["understand", str(tmp_path / "src.png"), "what colour is the cube?", "--max-new-tokens", "4",
                      *common]) == 0
