@@ -131,6 +131,14 @@ def test_suite_end_to_end_on_the_tiny_model(suite, tiny_model_dir, tmp_path, cap
         keys = [r["key"] for r in _rows(out / "items.jsonl")]
         assert len(keys) == c["expected"] == 9 * 2 and all((out / "images" / f"{k}.png").is_file() for k in keys)
         assert sorted(json.loads((out / "scores" / "average_score.json").read_text())) == sorted(keys)
+        samples = json.loads((out / "scores" / "average_score.json").read_text())
+        for flag, split in ((False, "in_distribution"), (True, "heldout")):   # the splits, recomputed by hand
+            by_type = {}
+            for item in _rows(out / "items.jsonl"):
+                if item["heldout"] == flag:
+                    by_type.setdefault(item["edit_type"], []).append(samples[item["key"]])
+            expected = np.mean([round(float(np.mean(v)), 2) for v in by_type.values()]) if by_type else None
+            assert s[split]["overall"] == pytest.approx(expected), split
         assert s["overall"] == pytest.approx(np.mean(list(s["tasks"].values())))
         assert all(1.0 <= v <= 5.0 for v in s["tasks"].values())
     elif name == "vqa":
