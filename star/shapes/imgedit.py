@@ -364,10 +364,11 @@ def score_item(item, image, key: str | None = None) -> dict:
                   "partial" if "none" not in statuses else
                   "one" if full >= 1 or "partial" in statuses else "none")
     unchanged = _visible(graph, item.source)
-    # unrelated: no source or target object in place, and the edit not made (or "made" by wiping out the kept ones)
-    in_place = any((j := _at(graph, o)) is not None and _intact(graph, j, o)
-                   for o in item.source.objects + target.objects)
-    unrelated = not in_place and (status != "full" or (bool(keep) and p == 0))
+    # unrelated: nothing of the source or target scene anywhere (no object of one of their class-colour pairs), and
+    # the edit not made (or "made" by wiping out the kept objects); a wrong object extracted or moved is an attempt
+    related = any(_same(graph, j, o) for j in range(len(graph.objects))
+                  for o in item.source.objects + target.objects)
+    unrelated = not related and (status != "full" or (bool(keep) and p == 0))
     if unchanged or unrelated or (not graph.objects and target.objects):
         s1 = 1
     elif status == "full":
