@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from star.commands import (
-    add_model_arguments,
-    add_sampling_arguments,
-    check_output,
-    load_pipeline,
-    sampling_kwargs,
-    save_images,
-)
+from star.commands import (add_model_arguments, add_sampling_arguments, check_output, load_pipeline,
+                           sampling_kwargs, save_images)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
