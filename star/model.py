@@ -254,7 +254,7 @@ class STAR(nn.Module):
 
     def source_hints(self, cond: Condition, vq_slots: Tensor) -> Tensor | None:
         """(B, N, D) source_hint(source code i) per edit row, zeros for rows without a source; None when the model
-        has no source hint or the batch no source."""
+        has no source hint, or the batch no source and the hint is not training."""
         if self.source_hint is None:
             return None
         n, edit_rows = self.num_image_tokens, vq_slots.any(1)                          # (B,)
