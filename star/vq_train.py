@@ -312,7 +312,7 @@ def setup_distributed(device: str) -> Dist:
     if device == "auto":
         dev = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
     else:
-        from star.commands import parse_device
+        from star.training.parallel import parse_device
 
         dev = parse_device(device)
     if dev.type == "cuda":

@@ -54,6 +54,8 @@ def load_pipeline(args: argparse.Namespace, understanding_only: bool = False):
         if not path.is_dir():
             raise FileNotFoundError(f"--model {path} is not a folder; pass a STAR model folder (config.json + "
                                     f"model.safetensors)")
+    from star.training.parallel import parse_device
+
     device = parse_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     config = path / "config.json"
@@ -70,21 +72,6 @@ def load_pipeline(args: argparse.Namespace, understanding_only: bool = False):
                              f"STAR model; understanding accepts it, generation and editing need a STAR folder")
         return BasePipeline.from_pretrained(path, device=device, dtype=dtype)
     return STARPipeline.from_pretrained(path, device=device, dtype=dtype)
-
-
-def parse_device(name: str):
-    """--device as a torch.device; an unknown name, or CUDA where torch sees none, is a ValueError."""
-    import torch
-
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: this torch build sees no CUDA device; use cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"device {name!r}: there are only {torch.cuda.device_count()} CUDA devices")
-    return device
 
 
 def check_output(output: str | Path) -> Path:

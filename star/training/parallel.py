@@ -48,10 +48,21 @@ class Dist:
         return self.rank == 0
 
 
+def parse_device(name: str) -> torch.device:
+    """--device as a torch.device; an unknown name, or CUDA where torch sees none, is a ValueError."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: this torch build sees no CUDA device; use cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: there are only {torch.cuda.device_count()} CUDA devices")
+    return device
+
+
 def resolve_device(name: str, local_rank: int) -> torch.device:
     """'auto' -> CUDA if available (cuda:LOCAL_RANK), else CPU; 'cuda' -> cuda:LOCAL_RANK; anything else as given."""
-    from star.commands import parse_device
-
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = parse_device(name)                     # a ValueError for an unknown name or CUDA where there is none

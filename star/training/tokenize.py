@@ -224,7 +224,7 @@ def tokenize_dataset(data_dir: str | os.PathLike, vq_spec: str | os.PathLike | N
             return {"data": str(root), "status": "up to date", "images": len(index["images"]),
                     "skipped": index.get("skipped", {}), "reader_skipped": reader_skipped}
 
-    from star.commands import parse_device
+    from star.training.parallel import parse_device
 
     device = parse_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if batch_size is None:   # shipped tokenizer, 2 Zen 3 cores: 14.8 ms/image one at a time, 8.4 at 16, same codes
