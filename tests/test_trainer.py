@@ -158,6 +158,15 @@ def test_fresh_run_refuses_a_folder_with_checkpoints(tmp_path):
         train(toy_config(tmp_path, steps=2, export=False), ToyStage())
 
 
+def test_resume_without_the_rng_file_says_why_it_reseeds(tmp_path, capsys):
+    train(toy_config(tmp_path, steps=2, export=False), ToyStage())
+    (tmp_path / "checkpoints" / "step_00000002" / "rng_rank0.pt").unlink()
+    capsys.readouterr()
+    train(toy_config(tmp_path, steps=3, export=False, resume=True), ToyStage())
+    out = capsys.readouterr().out
+    assert "note: checkpoint has no rng_rank0.pt; RNG streams are reseeded" in out and "written by" not in out, out
+
+
 # -----------------------------------------------------------------------------
 # Two processes
 

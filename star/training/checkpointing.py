@@ -280,10 +280,10 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, frozen:
     else:
         seed_everything(int(trainer_state["config"]["seed"]) + env.rank + int(trainer_state["step"]))
         if env.is_main:
-            print(
-                f"note: checkpoint was written by {trainer_state.get('world_size')} ranks, resuming on "
-                f"{env.world_size}; model and optimizer are resharded, RNG streams are reseeded (dropout differs)"
-            )
+            why = (f"was written by {trainer_state.get('world_size')} ranks, resuming on {env.world_size}; model and "
+                   f"optimizer are resharded" if trainer_state.get("world_size") != env.world_size
+                   else f"has no {rng_path.name}")
+            print(f"note: checkpoint {why}; RNG streams are reseeded (dropout differs from an unbroken run)")
     return trainer_state
 
 
