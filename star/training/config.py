@@ -227,11 +227,11 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
+def apply_overrides(config: TrainConfig, overrides: list[str], label: str = "") -> TrainConfig:
     """Return a new config with `key.sub=value` overrides applied and every field re-validated.
 
     `stage_options.<name>=value` sets a stage option (stage options are free-form, so any name is accepted here and
-    checked by the stage).
+    checked by the stage). `label` prefixes the key in error messages (a recipe's `generation.`).
     """
     data = to_dict(config)
     for item in overrides:
@@ -242,13 +242,13 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
         node = data
         for i, part in enumerate(parts[:-1]):
             if not isinstance(node.get(part), dict):
-                raise KeyError(f"--set {key}: {'.'.join(parts[: i + 1])!r} is not a config section")
+                raise KeyError(f"--set {label}{key}: {'.'.join(parts[: i + 1])!r} is not a config section")
             node = node[part]
         free_form = parts[0] == "stage_options"
         if not free_form and parts[-1] not in node:
-            raise KeyError(f"--set {key}: unknown key {parts[-1]!r}; known: {sorted(node)}")
+            raise KeyError(f"--set {label}{key}: unknown key {parts[-1]!r}; known: {sorted(node)}")
         node[parts[-1]] = _parse_value(text)
-    return from_dict(TrainConfig, data)
+    return from_dict(TrainConfig, data, label)
 
 
 def merge_json(config: TrainConfig, data: dict[str, Any]) -> TrainConfig:

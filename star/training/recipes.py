@@ -462,13 +462,7 @@ def apply_recipe_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
                 raise KeyError(f"--set {key}: {head!r} is not a stage of recipe {recipe.name!r} "
                                f"({[s.key for s in stages]}), nor all / data / base / vq")
             for i in targets:
-                try:
-                    config = apply_overrides(stages[i].config, [f"{rest}={text}"])
-                except (KeyError, ValueError) as exc:       # name the stage the key was meant for
-                    message = exc.args[0] if exc.args else str(exc)
-                    named = (message.replace(f"--set {rest}", f"--set {key}", 1) if f"--set {rest}" in message
-                             else f"--set {key}: {message}")
-                    raise type(exc)(named) from exc
+                config = apply_overrides(stages[i].config, [f"{rest}={text}"], label=f"{stages[i].key}.")
                 stages[i] = stages[i]._replace(config=config)
     recipe.stages = stages
     return recipe
