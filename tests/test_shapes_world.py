@@ -16,7 +16,7 @@ from star.cli import main
 from star.data.records import read_records
 from star.shapes import vocab
 from star.shapes.edits import (
-    EDIT_TYPES, EXTRACT_BACKDROP, IMGEDIT_COUNTS, EditImpossible, imgedit_items, make_edit, random_edit,
+    EDIT_TYPES, EXTRACT_BACKDROP, IMGEDIT_COUNTS, EditImpossible, EditItem, imgedit_items, make_edit, random_edit,
     render_target, type_counts,
 )
 from star.shapes.sample import (
@@ -578,6 +578,25 @@ def test_imgedit_proportions():
     assert Counter(i.edit_type for i in items) == type_counts(100)
     for item in items:
         _check_edit(item)
+
+
+def test_edit_type_weights_set_the_mix_and_bad_weights_are_refused(tmp_path):
+    assert type_counts(10, {"compose": 3, "adjust": 1.5}) == {"compose": 7, "adjust": 3}
+    assert type_counts(9, {t: 1 for t in EDIT_TYPES}) == {t: 1 for t in EDIT_TYPES}
+    for bad in ({"compose": -1}, {"colour": 1}, {"compose": 0}, {"compose": float("inf")}):
+        with pytest.raises(ValueError, match="edit type weights"):
+            type_counts(5, bad)
+    out = tmp_path / "hard"
+    assert main(["shapes", "dataset", "--out", str(out), "--kind", "edit", "--n", "8", "--resolution", "32",
+                 "--edit-types", "compose=1,action=1"]) == 0
+    records = list(read_records(out))
+    assert Counter(r["edit_type"] for r in records) == {"compose": 4, "action": 4}
+    for rec in records:
+        _check_edit(EditItem.from_dict({"source": rec["meta"]["source_scene"], "target": rec["meta"]["target_scene"],
+                                        "instruction": rec["text"], "edit_type": rec["edit_type"],
+                                        "details": rec["meta"]["details"]}))
+    with pytest.raises(SystemExit):
+        main(["shapes", "dataset", "--out", str(tmp_path / "x"), "--kind", "edit", "--edit-types", "compose"])
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -73,14 +73,15 @@ def varied_record(rng: np.random.Generator, *, aligned: bool, resolution: int) -
 def generate_records(kind: str, n: int, rng: np.random.Generator, *, aligned: bool = True,
                      resolution: int = vocab.DEFAULT_RESOLUTION, caption_frac: float = 0.1,
                      phrase_order: str = "reading", white_frac: float = 0.0,
-                     varied_frac: float = 0.0) -> Iterator[dict]:
+                     varied_frac: float = 0.0, edit_types: dict[str, float] | None = None) -> Iterator[dict]:
     """n train-split records of `kind`, images as PIL (RecordWriter.add stores them).
 
     t2i `phrase_order`: "reading" names a two-object prompt's objects in the image's reading order (the order the
     generator draws them: a colour is then bound by position in the prompt, not looked up by class), "drawn" keeps
     the order the prompt was drawn in (independent of the layout). t2i `white_frac`: share of records drawn on
     extract's white backdrop (on_white_record); `varied_frac`: share of captioned scenes of the sizes, outlines,
-    orientations and backgrounds that edits draw (varied_record)."""
+    orientations and backgrounds that edits draw (varied_record). edit `edit_types`: weight per edit type (default
+    ImgEdit's proportions; a type left out gets no records)."""
     if phrase_order not in PHRASE_ORDERS:
         raise ValueError(f"phrase_order must be one of {PHRASE_ORDERS}, got {phrase_order!r}")
     if kind == "t2i":
@@ -105,7 +106,7 @@ def generate_records(kind: str, n: int, rng: np.random.Generator, *, aligned: bo
             yield {"kind": "t2i", "image": render(scene, resolution), "text": text,
                    "meta": {"tag": tag, "scene": scene.to_dict()}}
     elif kind == "edit":
-        types = [t for t, c in type_counts(n).items() for _ in range(c)]
+        types = [t for t, c in type_counts(n, edit_types).items() for _ in range(c)]
         for i in rng.permutation(len(types)):
             item = random_edit(rng, types[i], aligned=aligned, split="train")
             yield {"kind": "edit", "source": render(item.source, resolution), "target": render_target(item, resolution),
@@ -145,6 +146,22 @@ def generate_records(kind: str, n: int, rng: np.random.Generator, *, aligned: bo
         raise ValueError(f"kind must be one of {tuple(KINDS)} or 'all', got {kind!r}")
 
 
+def parse_edit_types(text: str) -> dict[str, float]:
+    """'compose=3,adjust=2' -> {'compose': 3.0, 'adjust': 2.0}; names and weights checked by type_counts."""
+    weights = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            weights[name.strip()] = float(value) if sep else float("nan")
+        except ValueError:
+            weights[name.strip()] = float("nan")
+    try:
+        type_counts(0, weights)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--edit-types {text!r}: write TYPE=WEIGHT pairs joined by commas; {exc}")
+    return weights
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", "-o", required=True, help="dataset folder to write")
     parser.add_argument("--kind", default="all", choices=(*KINDS, "all"), help="record kind (default all)")
@@ -164,6 +181,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--phrase-order", choices=PHRASE_ORDERS, default="reading",
                         help="t2i: name a two-object prompt's objects in the image's reading order (default) or in "
                              "the order they were drawn")
+    parser.add_argument("--edit-types", type=parse_edit_types, default=None, metavar="TYPE=W,...",
+                        help="edit: weight per edit type, e.g. compose=3,adjust=2 (types left out get no records; "
+                             "default ImgEdit's proportions)")
     parser.add_argument("--shard-size", type=int, default=10_000, help="records per JSONL shard (default 10000)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
 
@@ -180,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
     meta = {"world": "shapeworld", "vocab": vocab.VOCAB_VERSION, "split": "train", "seed": args.seed,
             "resolution": args.resolution, "aligned": not args.unaligned, "kinds": kinds, "n_per_kind": args.n,
             "phrase_order": args.phrase_order, "white_frac": args.white_frac,
-            "varied_frac": args.varied_frac}
+            "varied_frac": args.varied_frac, "edit_types": args.edit_types}
     start = time.time()
     try:
         writer = RecordWriter(args.out, shard_size=args.shard_size, meta=meta, overwrite=args.overwrite)
@@ -192,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
             for record in generate_records(kind, args.n, rng, aligned=not args.unaligned,
                                            resolution=args.resolution, caption_frac=args.caption_frac,
                                            phrase_order=args.phrase_order, white_frac=args.white_frac,
-                                           varied_frac=args.varied_frac):
+                                           varied_frac=args.varied_frac, edit_types=args.edit_types):
                 writer.add(record)
     counts = ", ".join(f"{k} {v}" for k, v in writer.counts.items())
     print(f"wrote {args.out}: {counts}; {len(writer._images)} images; {time.time() - start:.1f}s")

@@ -19,6 +19,7 @@ Targets stay valid layouts of the source's placement mode (aligned targets stay 
 from __future__ import annotations
 
 import copy
+from fractions import Fraction
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -364,11 +365,18 @@ def _jsonable(x):
 _SOURCE_OBJECTS = {"add": (1, 3), "remove": (2, 4), "compose": (2, 4)}  # other types: 1-4 objects
 
 
-def type_counts(n: int) -> dict[str, int]:
-    """n split over the nine types in ImgEdit's proportions (largest remainder)."""
-    total = sum(IMGEDIT_COUNTS.values())
-    counts = {t: n * c // total for t, c in IMGEDIT_COUNTS.items()}
-    for t in sorted(IMGEDIT_COUNTS, key=lambda t: -(n * IMGEDIT_COUNTS[t] % total))[: n - sum(counts.values())]:
+def type_counts(n: int, weights: dict[str, float] | None = None) -> dict[str, int]:
+    """n split over edit types in proportion to `weights` (default ImgEdit's counts), largest remainder first;
+    types left out of `weights` get none."""
+    weights = dict(IMGEDIT_COUNTS if weights is None else weights)
+    unknown = sorted(set(weights) - set(EDIT_TYPES))
+    if unknown or not all(np.isfinite(w) and w >= 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError(f"edit type weights need types from {EDIT_TYPES} with finite weights >= 0 and a positive "
+                         f"sum, got {weights}")
+    total = sum(Fraction(w) for w in weights.values())
+    exact = {t: n * Fraction(w) / total for t, w in weights.items()}  # exact: ties keep the dict's order
+    counts = {t: int(x) for t, x in exact.items()}
+    for t in sorted(exact, key=lambda t: -(exact[t] - counts[t]))[: n - sum(counts.values())]:
         counts[t] += 1
     return counts
 
