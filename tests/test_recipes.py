@@ -106,6 +106,21 @@ def test_wise_reasoning_records_beyond_the_distinct_prompt_supply():
     assert len({r["question"] for r in records[:1_500]}) == 1_500, "distinct within a round"
 
 
+def test_a_dataset_spec_with_edit_types_writes_that_mix_and_records_it(tmp_path):
+    from star.training.recipes import DatasetSpec, build_dataset
+
+    spec = DatasetSpec(kinds={"edit": 8}, seed=3, resolution=32, edit_types={"compose": 3, "remove": 1})
+    build_dataset(spec, tmp_path / "d", log=lambda _: None)
+    records = [json.loads(line) for line in (tmp_path / "d" / "shard-00000.jsonl").read_text().splitlines()]
+    assert sorted(r["edit_type"] for r in records) == ["compose"] * 6 + ["remove"] * 2
+    meta = json.loads((tmp_path / "d" / "manifest.json").read_text())["meta"]
+    assert meta["edit_types"] == {"compose": 3, "remove": 1}
+    with pytest.raises(ValueError, match="edit type weights"):
+        DatasetSpec(kinds={"edit": 8}, edit_types={"paint": 1})
+    with pytest.raises(ValueError, match=r"dataset kinds \['paint'\] unknown"):
+        DatasetSpec(kinds={"paint": 8})
+
+
 def test_time_budget_writes_the_data_first_and_shortens_the_stages_to_fit(tmp_path):
     from star.training.recipes import get_recipe, run_recipe
     from star.training.runlog import read_log

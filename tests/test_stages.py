@@ -587,6 +587,17 @@ def test_star_train_command_line(tmp_path, capsys):
     recipe = json.loads(capsys.readouterr().out)
     gen = next(s for s in recipe["stages"] if s["stage"] == "generation")
     assert gen["config"]["steps"] == 5 and recipe["datasets"]["t2i"]["kinds"]["t2i"] == 99
+    assert main(["train", "--recipe", "shapes", "--out", str(tmp_path / "s"), "--set", "data.t2i-edits.white_frac=0.5",
+                 "--set", 'data.edit.edit_types={"compose": 3, "add": 1}', "--print-config"]) == 0
+    datasets = json.loads(capsys.readouterr().out)["datasets"]
+    assert datasets["t2i-edits"]["white_frac"] == 0.5 and datasets["t2i-edits"]["kinds"] == {"t2i": 8_000}
+    assert datasets["edit"]["edit_types"] == {"compose": 3, "add": 1}
+    for setting, error in [("data.t2i.white_fraction=0.5", "'white_fraction' is neither a dataset field"),
+                           ('data.edit.edit_types={"paint": 1}', "--set data.edit.edit_types: edit type weights"),
+                           ("data.t2i.nope=3", "nor a record kind")]:
+        assert main(["train", "--recipe", "shapes", "--out", str(tmp_path / "s"), "--set", setting,
+                     "--print-config"]) == 2
+        assert error in capsys.readouterr().err, setting
 
 
 # -----------------------------------------------------------------------------

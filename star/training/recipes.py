@@ -96,8 +96,20 @@ class DatasetSpec:
     """t2i: share of records drawn on extract's white backdrop (`star shapes dataset --white-frac`)."""
     varied_frac: float = 0.0
     """t2i: share of captioned scenes with the sizes, outlines and turns edits draw (`--varied-frac`)."""
+    edit_types: dict[str, float] | None = None
+    """edit: weight per edit type (`star shapes dataset --edit-types`; None = ImgEdit's proportions)."""
     tokenize: bool = False
     """Pre-tokenise its t2i / edit images with the recipe's VQ (`star tokenize`) before the stages read it."""
+
+    def __post_init__(self):
+        from star.data.records import KINDS
+        from star.shapes.edits import type_counts
+
+        unknown = sorted(set(self.kinds) - set(KINDS))
+        if unknown:
+            raise ValueError(f"dataset kinds {unknown} unknown; kinds: {list(KINDS)}")
+        if self.edit_types is not None:
+            type_counts(0, self.edit_types)  # names and weights checked, with the error naming them
 
 
 class RecipeStage(NamedTuple):
@@ -423,7 +435,9 @@ def get_recipe(name: str, out: str) -> Recipe:
 def apply_recipe_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
     """`STAGE.key=value` (a TrainConfig key of that stage, e.g. generation.steps=50, generation.optim.lr=1e-4,
     editing.stage_options.new_stack=true), `all.key=value` (every stage), `data.NAME.KIND=N` /
-    `data.NAME.FIELD=value`, `base.FIELD=value` (tiny base spec, or base=DIR), `vq=shipped|train|PATH`."""
+    `data.NAME.FIELD=value` (a DatasetSpec field, e.g. `data.edit.edit_types={"compose": 3, "add": 1}`),
+    `base.FIELD=value` (tiny base spec, or base=DIR), `vq=shipped|train|PATH`."""
+    from star.data.records import KINDS
     from star.training.config import _parse_value
 
     stages = list(recipe.stages)
@@ -451,11 +465,18 @@ def apply_recipe_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
             if name not in recipe.datasets:
                 raise KeyError(f"--set {key}: no dataset {name!r}; datasets: {sorted(recipe.datasets)}")
             spec = dataclasses.asdict(recipe.datasets[name])
-            if fld in ("seed", "resolution", "wise_reasoning", "tokenize"):
+            fields = [f.name for f in dataclasses.fields(DatasetSpec) if f.name != "kinds"]
+            if fld in fields:
                 spec[fld] = value
-            else:
+            elif fld in KINDS:
                 spec["kinds"] = {**spec["kinds"], fld: value}
-            recipe.datasets[name] = DatasetSpec(**spec)
+            else:
+                raise KeyError(f"--set {key}: {fld!r} is neither a dataset field ({fields}) nor a record kind "
+                               f"({list(KINDS)})")
+            try:
+                recipe.datasets[name] = DatasetSpec(**spec)
+            except ValueError as exc:
+                raise ValueError(f"--set {key}: {exc}") from None
         else:
             targets = [i for i, s in enumerate(stages) if head in ("all", s.key)]
             if not targets:
@@ -553,12 +574,14 @@ def build_dataset(spec: DatasetSpec, out: Path, log: Callable[[str], None]) -> N
     meta = {"world": "shapeworld", "vocab": vocab.VOCAB_VERSION, "split": "train", "seed": spec.seed,
             "resolution": spec.resolution, "aligned": True, "kinds": spec.kinds,
             "wise_reasoning": spec.wise_reasoning, "phrase_order": spec.phrase_order,
-            "white_frac": spec.white_frac, "varied_frac": spec.varied_frac, "written_by": "star.training.recipes"}
+            "white_frac": spec.white_frac, "varied_frac": spec.varied_frac, "edit_types": spec.edit_types,
+            "written_by": "star.training.recipes"}
     with RecordWriter(out, meta=meta, overwrite=True) as writer:
         for kind, n in spec.kinds.items():
             rng = np.random.default_rng([spec.seed, list(KINDS).index(kind)])
             for record in generate_records(kind, n, rng, resolution=spec.resolution, phrase_order=spec.phrase_order,
-                                           white_frac=spec.white_frac, varied_frac=spec.varied_frac):
+                                           white_frac=spec.white_frac, varied_frac=spec.varied_frac,
+                                           edit_types=spec.edit_types):
                 writer.add(record)
         for record in wise_reasoning_records(spec.wise_reasoning, spec.seed):
             writer.add(record)
