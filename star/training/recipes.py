@@ -110,6 +110,10 @@ class DatasetSpec:
             raise ValueError(f"dataset kinds {unknown} unknown; kinds: {list(KINDS)}")
         if self.edit_types is not None:
             type_counts(0, self.edit_types)  # names and weights checked, with the error naming them
+        self.white_frac, self.varied_frac = float(self.white_frac), float(self.varied_frac)
+        if not (0.0 <= self.white_frac and 0.0 <= self.varied_frac and self.white_frac + self.varied_frac <= 1.0):
+            raise ValueError(f"white_frac and varied_frac must be >= 0 with a sum <= 1, got {self.white_frac} and "
+                             f"{self.varied_frac}")
 
 
 class RecipeStage(NamedTuple):
