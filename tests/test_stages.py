@@ -595,7 +595,8 @@ def test_star_train_command_line(tmp_path, capsys):
     for setting, error in [("data.t2i.white_fraction=0.5", "'white_fraction' is neither a dataset field"),
                            ('data.edit.edit_types={"paint": 1}', "--set data.edit.edit_types: edit type weights"),
                            ("data.t2i.nope=3", "nor a record kind"),
-                           ("data.t2i-edits.varied_frac=0.5", "with a sum <= 1, got 0.7 and 0.5")]:
+                           ("data.t2i-edits.varied_frac=0.5", "with a sum <= 1, got 0.7 and 0.5"),
+                           ("data.t2i.t2i=many", "records per kind: whole numbers >= 0 expected, got ['many']")]:
         assert main(["train", "--recipe", "shapes", "--out", str(tmp_path / "s"), "--set", setting,
                      "--print-config"]) == 2
         assert error in capsys.readouterr().err, setting

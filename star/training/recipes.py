@@ -108,6 +108,10 @@ class DatasetSpec:
         unknown = sorted(set(self.kinds) - set(KINDS))
         if unknown:
             raise ValueError(f"dataset kinds {unknown} unknown; kinds: {list(KINDS)}")
+        counts = {"records per kind": self.kinds.values(), "wise_reasoning": [self.wise_reasoning]}
+        for what, values in counts.items():
+            if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in values):
+                raise ValueError(f"{what}: whole numbers >= 0 expected, got {list(values)}")
         if self.edit_types is not None:
             type_counts(0, self.edit_types)  # names and weights checked, with the error naming them
         self.white_frac, self.varied_frac = float(self.white_frac), float(self.varied_frac)
