@@ -146,6 +146,12 @@ def generate_records(kind: str, n: int, rng: np.random.Generator, *, aligned: bo
         raise ValueError(f"kind must be one of {tuple(KINDS)} or 'all', got {kind!r}")
 
 
+def check_t2i_fracs(white_frac: float, varied_frac: float, names: str = "white_frac and varied_frac") -> None:
+    """generate_records' t2i shares: each >= 0, together <= 1 (the rest are GenEval-style prompts and captions)."""
+    if not (0.0 <= white_frac and 0.0 <= varied_frac and white_frac + varied_frac <= 1.0):
+        raise ValueError(f"{names} must be >= 0 with a sum <= 1, got {white_frac} and {varied_frac}")
+
+
 def parse_edit_types(text: str) -> dict[str, float]:
     """'compose=3,adjust=2' -> {'compose': 3.0, 'adjust': 2.0}; names and weights checked by type_counts."""
     weights = {}
@@ -193,9 +199,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--n must be >= 0, got {args.n}")
     if not 0.0 <= args.caption_frac <= 1.0:
         raise ValueError(f"--caption-frac must be in [0, 1], got {args.caption_frac}")
-    if not (0.0 <= args.white_frac and 0.0 <= args.varied_frac and args.white_frac + args.varied_frac <= 1.0):
-        raise ValueError(f"--white-frac and --varied-frac must be >= 0 with a sum <= 1, got {args.white_frac} and "
-                         f"{args.varied_frac}")
+    check_t2i_fracs(args.white_frac, args.varied_frac, names="--white-frac and --varied-frac")
     kinds = list(KINDS) if args.kind == "all" else [args.kind]
     meta = {"world": "shapeworld", "vocab": vocab.VOCAB_VERSION, "split": "train", "seed": args.seed,
             "resolution": args.resolution, "aligned": not args.unaligned, "kinds": kinds, "n_per_kind": args.n,

@@ -103,6 +103,7 @@ class DatasetSpec:
 
     def __post_init__(self):
         from star.data.records import KINDS
+        from star.shapes.cli_data import check_t2i_fracs
         from star.shapes.edits import type_counts
 
         unknown = sorted(set(self.kinds) - set(KINDS))
@@ -115,9 +116,7 @@ class DatasetSpec:
         if self.edit_types is not None:
             type_counts(0, self.edit_types)  # names and weights checked, with the error naming them
         self.white_frac, self.varied_frac = float(self.white_frac), float(self.varied_frac)
-        if not (0.0 <= self.white_frac and 0.0 <= self.varied_frac and self.white_frac + self.varied_frac <= 1.0):
-            raise ValueError(f"white_frac and varied_frac must be >= 0 with a sum <= 1, got {self.white_frac} and "
-                             f"{self.varied_frac}")
+        check_t2i_fracs(self.white_frac, self.varied_frac)
 
 
 class RecipeStage(NamedTuple):
